@@ -115,6 +115,70 @@ def data_synth(
     del result
 
 
+@data_app.command("summary")
+def data_summary(
+    root: Annotated[Path, typer.Argument(help="Dataset root (Zenodo, older or bare layout).")],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of tables.")
+    ] = False,
+    pixels: Annotated[
+        bool,
+        typer.Option(help="Decode label files for cells per image and foreground fraction."),
+    ] = True,
+) -> None:
+    """Count images per split, format, dtype, channels and size; what each filter keeps.
+
+    Example:
+
+      celltune data summary data/neurips --json
+    """
+    from celltune.data.summary import summarize
+
+    summary = summarize(root, read_pixels=pixels)
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(summary.to_dict(), indent=1))
+    else:
+        summary.render(_console())
+
+
+download_app = typer.Typer(
+    help="Download public datasets.\n\nExample:\n\n  celltune data download neurips data/neurips",
+    no_args_is_help=True,
+)
+data_app.add_typer(download_app, name="download")
+
+
+@download_app.command("neurips")
+def data_download_neurips(
+    root: Annotated[Path, typer.Argument(help="Folder to download and unzip into.")],
+    parts: Annotated[
+        str, typer.Option(help="Comma-separated archives: training, tuning, testing.")
+    ] = "training,tuning",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="Mirror holding the archives (default: the Zenodo record)."),
+    ] = None,
+) -> None:
+    """Download the NeurIPS 2022 CellSeg archives from Zenodo (SHA-256 verified, resumable).
+
+    A second run does nothing; an interrupted run resumes where it stopped.
+
+    Example:
+
+      celltune data download neurips data/neurips --parts training,tuning
+    """
+    from celltune.data.download import ZENODO_URL, download_neurips
+
+    console = _console()
+    archives = download_neurips(
+        root, parts.split(","), base_url=base_url or ZENODO_URL, progress=progress, console=console
+    )
+    console.print(f"Ready: {len(archives)} archive(s) extracted into [bold]{root}[/]")
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit non-zero."""
     try:

@@ -1,0 +1,169 @@
+"""Predict probability maps and masks for images of any size with a trained run.
+
+Example:
+    >>> from celltune.inference.predict import Predictor
+    >>> predictor = Predictor.from_run("runs/unet")          # doctest: +SKIP
+    >>> result = predictor.predict(image)                    # doctest: +SKIP
+    >>> result.mask.shape == image.shape[:2]                 # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from celltune.errors import RunError
+from celltune.inference.tiling import predict_tiled
+from celltune.io import normalize, to_channels
+
+
+@dataclass
+class Prediction:
+    """Foreground probability ``(H, W)`` float32 and the thresholded boolean mask."""
+
+    probability: np.ndarray
+    mask: np.ndarray
+    threshold: float
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def flip_tta(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Average predictions over the identity and horizontal/vertical/both flips."""
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        total = forward(x)
+        for dims in ((-1,), (-2,), (-2, -1)):
+            total = total + forward(torch.flip(x, dims)).flip(dims)
+        return total / 4.0
+
+    return wrapped
+
+
+class Predictor:
+    """A trained network plus everything needed to apply it: channels, threshold, tiling."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        head: str = "binary",
+        channels: int = 1,
+        threshold: float = 0.5,
+        resize: float | None = None,
+        tile: int = 512,
+        overlap: float = 0.25,
+        batch_size: int = 4,
+        tta: bool = False,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.head = head
+        self.channels = channels
+        self.threshold = 0.5 if head == "two_class" else float(threshold)
+        self.resize = resize
+        self.tile = tile
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.tta = tta
+        self.divisor = int(getattr(model, "size_divisor", 32))
+
+    @classmethod
+    def from_run(
+        cls, run: str | os.PathLike, *, checkpoint: str = "best", **overrides: Any
+    ) -> Predictor:
+        """Load ``RUN/checkpoints/<checkpoint>.ckpt`` with the run's config and threshold."""
+        from celltune.config import load_run_config
+        from celltune.training.module import load_model_from_checkpoint
+
+        run = Path(run)
+        cfg_path = run / "config.yaml"
+        if not cfg_path.is_file():
+            raise RunError(f"{run}: not a celltune run folder (no config.yaml).")
+        cfg = load_run_config(cfg_path)
+        model, _ = load_model_from_checkpoint(run / "checkpoints" / f"{checkpoint}.ckpt")
+        threshold = read_threshold(run)
+        kwargs: dict[str, Any] = {
+            "head": cfg.model.head, "channels": cfg.data.channels, "threshold": threshold,
+            "resize": cfg.data.resize, "tile": cfg.eval.tile, "overlap": cfg.eval.overlap,
+            "batch_size": cfg.eval.batch_size,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(model, **kwargs)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """Raw ``(H, W)`` or ``(H, W, C)`` -> normalised ``(C, H, W)`` float32."""
+        img = np.asarray(image, dtype=np.float32)
+        if img.ndim == 2:
+            img = img[:, :, None]
+        img = normalize(to_channels(img, self.channels))
+        return np.ascontiguousarray(np.moveaxis(img, -1, 0))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x)
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+
+    def predict_proba(
+        self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Foreground probability ``(H, W)`` for a raw image of any size."""
+        chw = self.preprocess(image)
+        h, w = chw.shape[1:]
+        if self.resize and self.resize != 1.0:
+            chw = _rescale(chw, self.resize)
+        forward = flip_tta(self._forward) if self.tta else self._forward
+        prob = predict_tiled(
+            forward, chw, out_channels=1, tile=self.tile, overlap=self.overlap,
+            batch_size=self.batch_size, divisor=self.divisor, device=self.device, on_tile=on_tile,
+        )[0]
+        if prob.shape != (h, w):
+            prob = _rescale(prob[None], (h, w))[0]
+        return prob
+
+    def predict(
+        self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
+    ) -> Prediction:
+        """Probability map and mask (probability >= threshold) for a raw image."""
+        prob = self.predict_proba(image, on_tile=on_tile)
+        return Prediction(prob, prob >= self.threshold, self.threshold)
+
+
+def _rescale(chw: np.ndarray, factor: float | tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(chw))[None]
+    if isinstance(factor, tuple):
+        out = torch.nn.functional.interpolate(t, size=factor, mode="bilinear", align_corners=False)
+    else:
+        out = torch.nn.functional.interpolate(
+            t, scale_factor=factor, mode="bilinear", align_corners=False
+        )
+    return out[0].numpy()
+
+
+def read_threshold(run: str | os.PathLike) -> float:
+    """The run's chosen threshold, or 0.5 before one was chosen."""
+    path = Path(run) / "threshold.json"
+    if not path.is_file():
+        return 0.5
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["best_threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: unreadable threshold file ({exc}).") from exc

@@ -1,0 +1,92 @@
+"""Lightning callbacks and plugins: per-epoch metrics.csv, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from celltune.io import atomic_path, write_text
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+
+class MetricsCSV(L.Callback):
+    """Writes ``metrics.csv`` after every validation, one row per epoch.
+
+    The history is part of the callback's checkpoint state, so a resumed run rewrites the
+    file with exactly the rows of the epochs it restored, never duplicates.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self._epoch_start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        opt = trainer.optimizers[0] if trainer.optimizers else None
+        row = {
+            "epoch": trainer.current_epoch,
+            "train_loss": _num(m.get("train_loss_epoch", m.get("train_loss"))),
+            "val_loss": _num(m.get("val_loss")),
+            "val_dice": _num(m.get("val_dice")),
+            "lr": opt.param_groups[0]["lr"] if opt else float("nan"),
+            "seconds": round(time.monotonic() - self._epoch_start, 3),
+        }
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            self.write()
+
+    def write(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buf.getvalue())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+
+def _num(value: Any) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().cpu())
+    return float(value)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves checkpoints to a temporary file and renames it, so a kill never truncates one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a ``metrics.csv`` as floats (empty list when the file is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
+                for r in csv.DictReader(fh)]

@@ -1,0 +1,253 @@
+"""Train one model from a :class:`RunConfig` into a run folder.
+
+Example:
+    >>> from celltune.config import RunConfig
+    >>> cfg = RunConfig.model_validate({"data": {"root": "data/synth"}})   # doctest: +SKIP
+    >>> fit(cfg, "runs/unet")                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from celltune.config import RunConfig, load_run_config, save_run_config
+from celltune.data.samples import Splits
+from celltune.errors import RunError
+
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.json"
+BEST_CKPT = "checkpoints/best.ckpt"
+LAST_CKPT = "checkpoints/last.ckpt"
+
+
+def provenance() -> dict[str, Any]:
+    """Package version and, when run from a git checkout, the commit."""
+    from celltune import __version__
+
+    info: dict[str, Any] = {"version": __version__}
+    commit = _git_commit()
+    if commit:
+        info["git_commit"] = commit
+    return info
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """Create the run folder, refusing to silently reuse a non-empty one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a folder.")
+    busy = out.is_dir() and any(out.iterdir())
+    if busy and resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise RunError(f"{out}: cannot resume, no {CONFIG_FILE} in this folder.")
+        return out
+    if busy and not overwrite:
+        raise RunError(
+            f"{out}: folder exists and is not empty; pass --resume to continue it or "
+            "--overwrite to replace it."
+        )
+    if busy and overwrite:
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"{out}: cannot write to the output folder ({exc.strerror}).") from exc
+    return out
+
+
+def resolve_data(config: RunConfig, run_dir: Path) -> RunConfig:
+    """Fill in the data root: generate the synthetic set when none is given."""
+    if config.data.root is not None:
+        root = Path(config.data.root).expanduser()
+        if not root.exists():
+            raise RunError(f"{root}: data folder not found.")
+        return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+    from celltune.data.synthetic import write_dataset
+
+    syn = config.data.synthetic
+    root = run_dir / "data"
+    if not (root / "images").is_dir():
+        write_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
+    return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+
+
+def load_or_make_splits(config: RunConfig, run_dir: Path) -> Splits:
+    path = run_dir / SPLITS_FILE
+    if path.is_file():
+        return Splits.load(path)
+    from celltune.data.neurips import make_splits
+
+    splits = make_splits(config.data, seed=config.train.seed)
+    splits.save(path)
+    return splits
+
+
+def auto_precision(accelerator: str, precision: str) -> str:
+    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (bf16 is slow there)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from celltune.data.dataset import CropDataset, WholeImageDataset, collate_whole
+
+    d, t = config.data, config.train
+    target = "binary" if config.model.head == "binary" else "two_class"
+    train_ds = CropDataset(
+        splits.train, crop=d.crop, channels=d.channels, augment=t.aug,
+        samples_per_epoch=d.samples_per_epoch, seed=t.seed,
+        foreground_sampling=d.foreground_sampling, resize=d.resize, cache=d.cache, target=target,
+    )
+    val_ds = WholeImageDataset(
+        splits.val, channels=d.channels, resize=d.resize, cache=d.cache, target=target
+    )
+    cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    common = {"num_workers": d.num_workers, "pin_memory": cuda,
+              "persistent_workers": d.num_workers > 0}
+    train_dl = DataLoader(
+        train_ds, batch_size=t.batch_size, shuffle=False,
+        drop_last=len(train_ds) >= t.batch_size, **common,
+    )
+    val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, collate_fn=collate_whole, **common)
+    return train_dl, val_dl
+
+
+def fit(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train ``config`` into ``out``; returns the run folder.
+
+    Writes ``config.yaml``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and
+    ``metrics.csv``. With ``resume`` the run continues from ``last.ckpt`` with the saved config.
+    """
+    import lightning as L
+
+    from celltune.training.module import SegmentationModule
+
+    run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        config = load_run_config(run_dir / CONFIG_FILE)
+    config = resolve_data(config, run_dir)
+    save_run_config(config, run_dir / CONFIG_FILE, provenance())
+    splits = load_or_make_splits(config, run_dir)
+    _check_splits(splits, config)
+
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    train_dl, val_dl = build_loaders(config, splits)
+    steps = max(1, len(train_dl))
+    module = SegmentationModule(
+        model=config.model.model_dump(mode="json"), train=config.train.model_dump(mode="json"),
+        in_channels=config.data.channels, steps_per_epoch=steps,
+    )
+    trainer = build_trainer(config, run_dir, progress=progress, steps=steps)
+    ckpt = run_dir / LAST_CKPT
+    ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
+    with _quiet_lightning():
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    if not (run_dir / BEST_CKPT).is_file() and trainer.is_global_zero:
+        raise RunError(f"{run_dir}: training ended without a checkpoint.")
+    return run_dir
+
+
+def _check_splits(splits: Splits, config: RunConfig) -> None:
+    from celltune.errors import DataError
+
+    for name in ("train", "val"):
+        if not splits[name]:
+            raise DataError(
+                f"{config.data.root}: the {name} split is empty after filter "
+                f"{config.data.filter!r}; add images or use --filter all."
+            )
+
+
+def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: int) -> Any:
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+
+    from celltune.training.callbacks import AtomicCheckpointIO, MetricsCSV
+
+    t = config.train
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor="val_dice", mode="max",
+            save_last=True, save_top_k=1, enable_version_counter=False,
+        ),
+        MetricsCSV(run_dir / "metrics.csv"),
+    ]
+    if t.patience:
+        callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=t.patience))
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else max(1, steps)))
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=auto_precision(t.accelerator, t.precision),
+        max_epochs=t.epochs,
+        max_time={"minutes": t.max_time} if t.max_time else None,
+        gradient_clip_val=t.grad_clip,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, steps)),
+    )
+
+
+class _quiet_lightning:
+    """Silence Lightning's informational chatter (GPU available: False, tips) for users."""
+
+    _names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+    def __enter__(self) -> None:
+        self._levels = {n: logging.getLogger(n).level for n in self._names}
+        for n in self._names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+    def __exit__(self, *exc: object) -> None:
+        self._warn.__exit__(*exc)
+        for n, level in self._levels.items():
+            logging.getLogger(n).setLevel(level)

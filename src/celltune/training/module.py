@@ -1,0 +1,178 @@
+"""The LightningModule: one segmentation network, its loss, optimiser and schedule.
+
+The module stores the model and training sections of the run config as hyperparameters, so a
+checkpoint alone is enough to rebuild the network (:func:`load_model_from_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from celltune.config import ModelConfig, TrainConfig
+from celltune.errors import RunError
+from celltune.training.losses import build_loss
+
+
+def build_network(model_cfg: ModelConfig, in_channels: int) -> torch.nn.Module:
+    from celltune.models import create_model
+
+    return create_model(
+        model_cfg.name,
+        in_channels=in_channels,
+        head=model_cfg.head,
+        weights=model_cfg.weights,
+        encoder=model_cfg.encoder,
+        **model_cfg.options,
+    )
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction, then cosine decay to 1% at the end."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 0.01)
+    rest = (progress - warmup) / max(1.0 - warmup, 1e-8)
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, 1|2, H, W)`` logits -> ``(N, H, W)`` foreground probability."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0].float())
+    return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a segmentation network on crops and validates on whole images."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        train: dict[str, Any],
+        in_channels: int = 1,
+        steps_per_epoch: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = ModelConfig.model_validate(model)
+        self.train_cfg = TrainConfig.model_validate(train)
+        self.net = build_network(self.model_cfg, in_channels)
+        self.loss_fn = build_loss(self.train_cfg.loss, self.model_cfg.head)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self._val_dice: list[float] = []
+        self._fit_started: float | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.train_cfg.channels_last and x.device.type == "cpu":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def on_train_epoch_start(self) -> None:
+        # Reseed per epoch so a run resumed from an epoch checkpoint replays the same
+        # random stream (dropout, drop-path) as an uninterrupted one.
+        seed = self.train_cfg.seed * 100_003 + self.current_epoch
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(self._prepare(batch["image"]))
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        image, mask = batch["image"], batch["mask"]
+        logits = self(self._prepare(image))
+        for i, (h, w) in enumerate(batch["size"]):
+            lg = logits[i : i + 1, :, :h, :w]
+            tg = mask[i : i + 1, ..., :h, :w]
+            loss = self.loss_fn(lg, tg)
+            self.log("val_loss", loss, on_epoch=True, prog_bar=False, batch_size=1,
+                     sync_dist=True)
+            pred = foreground_probability(lg)[0] > 0.5
+            truth = (tg[0, 0] > 0.5) if tg.dim() == 4 else (tg[0] == 1)
+            self._val_dice.append(_dice(pred, truth))
+
+    def on_validation_epoch_end(self) -> None:
+        values = torch.tensor(self._val_dice or [0.0], device=self.device)
+        self._val_dice.clear()
+        self.log("val_dice", values.mean(), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.train_cfg
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+            foreach=None if fused else True, fused=True if fused else None,
+        )
+        if cfg.schedule == "constant":
+            return {"optimizer": opt}
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _lr_lambda(self, step: int) -> float:
+        cfg = self.train_cfg
+        total = cfg.epochs * self.steps_per_epoch
+        progress = step / max(total, 1)
+        if cfg.max_time and self._fit_started is not None:
+            # With a time budget the schedule follows whichever runs out first, so the
+            # learning rate is annealed by the time the budget ends.
+            elapsed = (time.monotonic() - self._fit_started) / 60.0
+            progress = max(progress, elapsed / cfg.max_time)
+        warmup = cfg.warmup_epochs / max(cfg.epochs, 1)
+        return lr_factor(progress, min(warmup, 0.5))
+
+
+def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Dice with the empty rule: both empty -> 1, exactly one empty -> 0."""
+    p, t = pred.bool(), truth.bool()
+    denom = int(p.sum()) + int(t.sum())
+    if denom == 0:
+        return 1.0
+    return 2.0 * int((p & t).sum()) / denom
+
+
+def load_model_from_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[
+    torch.nn.Module, dict[str, Any]
+]:
+    """Rebuild the network stored in a celltune checkpoint; returns (model in eval mode, hparams)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise RunError(f"{path}: cannot load checkpoint ({exc}).") from exc
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hparams or "model" not in hparams:
+        raise RunError(f"{path}: not a celltune checkpoint (no model hyperparameters).")
+    model_cfg = ModelConfig.model_validate({**hparams["model"], "weights": "none"})
+    net = build_network(model_cfg, int(hparams.get("in_channels", 1)))
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RunError(
+            f"{path}: checkpoint weights do not fit model {model_cfg.name!r} "
+            f"({str(exc).splitlines()[0]})."
+        ) from exc
+    net.eval()
+    return net, hparams

@@ -1,0 +1,84 @@
+"""Training curves and threshold curves. Every function returns a matplotlib Figure.
+
+Figures are built without pyplot, so nothing here touches global state or needs a display;
+the caller saves them (:func:`save_figure`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from celltune.io import atomic_path
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a Figure as PNG atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return path
+
+
+def _column(rows: Sequence[Mapping[str, float]], key: str) -> list[float]:
+    return [float(r.get(key, math.nan)) for r in rows]
+
+
+def loss_curves(
+    runs: Mapping[str, Sequence[Mapping[str, float]]], title: str | None = None
+) -> Figure:
+    """Train/validation loss and validation Dice per epoch for one or more runs.
+
+    Args:
+        runs: run name -> rows of ``metrics.csv`` (epoch, train_loss, val_loss, val_dice).
+        title: optional figure title.
+    """
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_loss, ax_dice = fig.subplots(1, 2)
+    colors = _colors(len(runs))
+    for (name, rows), color in zip(runs.items(), colors, strict=True):
+        epochs = [e + 1 for e in _column(rows, "epoch")]
+        ax_loss.plot(epochs, _column(rows, "train_loss"), color=color, label=f"{name} train")
+        ax_loss.plot(epochs, _column(rows, "val_loss"), color=color, ls="--", label=f"{name} val")
+        ax_dice.plot(epochs, _column(rows, "val_dice"), color=color, marker="o", ms=3, label=name)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: validation)")
+    ax_dice.set(xlabel="epoch", ylabel="Dice at 0.5", title="Validation Dice", ylim=(0, 1))
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=7, ncol=2 if len(runs) > 3 else 1)
+    if len(runs) > 1:
+        ax_dice.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def threshold_curves(curves: Mapping[str, Mapping[str, Any]], title: str | None = None) -> Figure:
+    """Validation Dice versus probability threshold, one line per model, chosen point marked.
+
+    Args:
+        curves: model name -> ``threshold.json`` content (``thresholds``, ``dice``,
+            ``best_threshold``, ``best_dice``).
+    """
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (name, c), color in zip(curves.items(), _colors(len(curves)), strict=True):
+        ax.plot(c["thresholds"], c["dice"], color=color, label=f"{name} (t={c['best_threshold']:.2f})")
+        ax.plot([c["best_threshold"]], [c["best_dice"]], marker="*", ms=12, color=color)
+    ax.set(xlabel="probability threshold", ylabel="mean validation Dice", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(title or "Threshold sweep on validation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(max(n, 1))][:n]

@@ -1,0 +1,85 @@
+"""Binary mask -> instance labels: components, watershed splitting, size filter."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from celltune.errors import ConfigError
+from celltune.evaluation import instances
+from celltune.evaluation.instances import label_instances
+
+
+def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def _two_touching_discs(distance: float = 18.0) -> np.ndarray:
+    shape = (40, 60)
+    return _disc(shape, 20, 20, 10) | _disc(shape, 20, 20 + distance, 10)
+
+
+@pytest.mark.parametrize("distance", [16.0, 18.0, 19.5])
+def test_touching_discs_one_component_two_watershed_cells(distance):
+    mask = _two_touching_discs(distance)
+    comp = label_instances(mask, method="components", min_size=0)
+    assert comp.max() == 1
+    ws = label_instances(mask, method="watershed", min_size=0)
+    assert ws.max() == 2
+    assert ws.dtype == np.int32
+    # Every foreground pixel is assigned, and the split falls between the two centres.
+    assert np.array_equal(ws > 0, mask)
+    assert ws[20, 20] != ws[20, int(20 + distance)]
+    left, right = np.bincount(ws.ravel())[1:]
+    assert abs(int(left) - int(right)) <= 0.1 * mask.sum()
+
+
+def test_watershed_keeps_single_convex_cells_whole():
+    mask = np.zeros((40, 60), bool)
+    mask |= _disc(mask.shape, 12, 12, 8)
+    mask[24:34, 10:50] = True  # an elongated cell: its distance map has a flat ridge
+    labels = label_instances(mask, method="watershed", min_size=0)
+    assert labels.max() == 2
+
+
+def test_small_specks_are_removed_and_ids_stay_consecutive():
+    mask = np.zeros((30, 30), bool)
+    mask[2:4, 2:4] = True  # 4 px speck
+    mask[10:20, 10:20] = True  # 100 px cell
+    mask[25, 25] = True  # 1 px speck
+    mask[3:8, 20:25] = True  # 25 px cell
+    for method in ("components", "watershed"):
+        labels = label_instances(mask, method=method, min_size=10)
+        assert sorted(np.unique(labels).tolist()) == [0, 1, 2], method
+        assert labels[2, 2] == 0 and labels[25, 25] == 0
+        assert np.bincount(labels.ravel())[1:].tolist() in ([25, 100], [100, 25])
+    assert label_instances(mask, method="components", min_size=0).max() == 4
+
+
+def test_diagonal_neighbours_are_one_component():
+    mask = np.zeros((6, 6), bool)
+    mask[1, 1] = mask[2, 2] = mask[3, 3] = True
+    assert label_instances(mask, method="components", min_size=0).max() == 1
+
+
+@pytest.mark.parametrize("method", ["components", "watershed"])
+def test_empty_mask_gives_all_zeros(method):
+    labels = label_instances(np.zeros((12, 7), bool), method=method)
+    assert labels.shape == (12, 7) and labels.dtype == np.int32 and not labels.any()
+
+
+def test_numeric_masks_and_bad_arguments():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:6, 2:6] = 255
+    assert label_instances(mask, method="components", min_size=1).max() == 1
+    with pytest.raises(ConfigError, match="components, watershed"):
+        label_instances(mask, method="blobs")
+    with pytest.raises(ValueError, match="2-D"):
+        label_instances(np.zeros((2, 3, 3)))
+
+
+def test_module_examples_run():
+    assert doctest.testmod(instances).failed == 0
