@@ -93,13 +93,14 @@ def _resize_labels(labels: np.ndarray | None, factor: float) -> np.ndarray | Non
         return None
     h, w = _scaled_shape(labels.shape, factor)
     # Nearest neighbour by index arithmetic: exact for any id range, unlike float warps.
-    rows = np.minimum(
-        ((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.intp), labels.shape[0] - 1
+    return np.ascontiguousarray(
+        labels[_source_index(h, labels.shape[0])[:, None], _source_index(w, labels.shape[1])]
     )
-    cols = np.minimum(
-        ((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.intp), labels.shape[1] - 1
-    )
-    return np.ascontiguousarray(labels[rows[:, None], cols[None, :]])
+
+
+def _source_index(n_out: int, n_in: int) -> np.ndarray:
+    """Source pixel under the centre of each output pixel."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.intp), n_in - 1)
 
 
 class ImageCache:
@@ -121,12 +122,7 @@ class ImageCache:
 
     def get(self, sample: Sample, channels: int = 1, resize: float | None = None) -> Pair:
         """Return the cached pair for ``sample``, loading (and caching) it on a miss."""
-        key = (
-            str(sample.image),
-            None if sample.label is None else str(sample.label),
-            channels,
-            resize,
-        )
+        key = (str(sample.image), str(sample.label), channels, resize)
         with self._lock:
             if key in self._entries:
                 self.hits += 1

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from celltune.errors import ConfigError
-from celltune.models.base import MODELS, INPUT_RULE, Built
+from celltune.models.base import INPUT_RULE, MODELS, Built
 from celltune.models.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -238,7 +238,7 @@ def pspnet(
       and ``layer4`` (19.9M of its 21.4M parameters) but never runs them; we delete them. The
       function is identical, so the study's rows 6-7 are reproduced like for like, and DDP no
       longer sees parameters without gradients. The study's weak PSPNet score is consistent
-      with this design: only 1.4M encoder parameters with a small receptive field, and a
+      with this design: only 1.3M encoder parameters with a small receptive field, and a
       stride-8 prediction blown up x8 with no high-resolution skip, which blurs the boundaries
       of small, touching cells that U-Net's full-resolution skips keep.
     * ``dilated=True``: PSPNet as Zhao et al. (2017) define it -- all four ResNet stages with

@@ -41,6 +41,7 @@ from celltune.errors import ConfigError
 from celltune.models.base import INPUT_RULE, MODELS, Built
 from celltune.models.weights import load_own_weights
 
+_MASK_CACHE_SIZE = 16
 _MASKED = -100.0  # finite (not -inf) so a query whose keys are all padding stays NaN-free
 
 
@@ -50,7 +51,9 @@ def _bands(size: int, window: int, shift: int) -> list[slice]:
     return [slice(0, size - window), slice(size - window, size - shift), slice(size - shift, size)]
 
 
-def window_mask(height: int, width: int, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+def window_mask(
+    height: int, width: int, window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor:
     """Additive attention mask ``(num_windows, area, area)`` for a padded, shifted map.
 
     The map ``height x width`` is padded at the bottom/right to whole windows and then rolled
@@ -132,6 +135,8 @@ class SwinBlock(SwinTransformerBlock):
             return None
         key = (h, w, shift, x.device, x.dtype)
         if key not in self._masks:
+            if len(self._masks) >= _MASK_CACHE_SIZE:  # many tile sizes: start over, stay small
+                self._masks.clear()
             self._masks[key] = window_mask(h, w, self.window_size, shift).to(x.device, x.dtype)
         return self._masks[key]
 
@@ -191,7 +196,8 @@ class SwinUNet(nn.Module):
         super().__init__()
         n = len(depths)
         dims = [embed_dim * 2**i for i in range(n)]
-        rates = torch.linspace(0, drop_path, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path * i / max(total - 1, 1) for i in range(total)]
         stage_rates = [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(n)]
         p = self.patch_size
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, kernel_size=p, stride=p)
