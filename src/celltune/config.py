@@ -70,7 +70,7 @@ class ModelConfig(_Section):
     """Which network, its encoder, initial weights and output head."""
 
     name: str = "unet"
-    encoder: str = "resnet34"
+    encoder: str | None = Field(None, description="encoder of SMP models; None = resnet34")
     weights: str = Field("none", description="'none', 'imagenet' or a path to a weights file")
     head: Literal["binary", "two_class"] = "binary"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -137,12 +137,16 @@ class StudyRow(_Section):
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
+    paper: dict[str, float | str] | None = Field(
+        None, description="published numbers for this row (dice, iou, threshold)"
+    )
 
 
 class StudyConfig(_Section):
     """A list of rows sharing data and defaults; see configs/neurips.yaml."""
 
     name: str = "study"
+    description: str = ""
     defaults: RunConfig = Field(default_factory=RunConfig)
     rows: list[StudyRow]
 

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from celltune.io import atomic_path, write_text
 
@@ -70,6 +71,38 @@ def _num(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().cpu())
     return float(value)
+
+
+class StepBar(TQDMProgressBar):
+    """Lightning's bar without the per-batch validation bar (validation is short and noisy)."""
+
+    def init_validation_tqdm(self) -> Any:
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar
+
+
+class EpochLine(L.Callback):
+    """One line per epoch for logs and CI, where a redrawn progress bar would spam."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"{self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key, label in (("train_loss_epoch", "loss"), ("val_loss", "val_loss"),
+                           ("val_dice", "val_dice")):
+            if key in m:
+                parts.append(f"{label} {_num(m[key]):.4f}")
+        parts.append(f"{time.monotonic() - self._start:.1f}s")
+        print("  ".join(parts), flush=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -134,8 +134,10 @@ def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
     cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     common = {"num_workers": d.num_workers, "pin_memory": cuda,
               "persistent_workers": d.num_workers > 0}
+    # The epoch-aware sampler hands (epoch, index) to the dataset, so crops and augmentation
+    # depend only on (seed, epoch, index): identical across workers, processes and resumes.
     train_dl = DataLoader(
-        train_ds, batch_size=t.batch_size, shuffle=False,
+        train_ds, batch_size=t.batch_size, sampler=train_ds.sampler(),
         drop_last=len(train_ds) >= t.batch_size, **common,
     )
     val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, collate_fn=collate_whole, **common)
@@ -174,10 +176,10 @@ def fit(
         model=config.model.model_dump(mode="json"), train=config.train.model_dump(mode="json"),
         in_channels=config.data.channels, steps_per_epoch=steps,
     )
-    trainer = build_trainer(config, run_dir, progress=progress, steps=steps)
     ckpt = run_dir / LAST_CKPT
     ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
     with _quiet_lightning():
+        trainer = build_trainer(config, run_dir, progress=progress, steps=steps)
         trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     if not (run_dir / BEST_CKPT).is_file() and trainer.is_global_zero:
         raise RunError(f"{run_dir}: training ended without a checkpoint.")
@@ -197,9 +199,9 @@ def _check_splits(splits: Splits, config: RunConfig) -> None:
 
 def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: int) -> Any:
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from celltune.training.callbacks import AtomicCheckpointIO, MetricsCSV
+    from celltune.training.callbacks import AtomicCheckpointIO, EpochLine, MetricsCSV, StepBar
 
     t = config.train
     callbacks: list[Any] = [
@@ -211,8 +213,11 @@ def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: in
     ]
     if t.patience:
         callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=t.patience))
-    if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else max(1, steps)))
+    interactive = progress and sys.stderr.isatty()
+    if interactive:
+        callbacks.append(StepBar())
+    elif progress:
+        callbacks.append(EpochLine(config.name))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -226,7 +231,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: in
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         logger=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=interactive,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, steps)),
@@ -246,6 +251,8 @@ class _quiet_lightning:
         self._warn.__enter__()
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*litlogger.*")
+        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
 
     def __exit__(self, *exc: object) -> None:
         self._warn.__exit__(*exc)

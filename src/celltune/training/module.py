@@ -23,13 +23,15 @@ from celltune.training.losses import build_loss
 def build_network(model_cfg: ModelConfig, in_channels: int) -> torch.nn.Module:
     from celltune.models import create_model
 
+    options = dict(model_cfg.options)
+    if model_cfg.encoder is not None:
+        options["encoder"] = model_cfg.encoder
     return create_model(
         model_cfg.name,
         in_channels=in_channels,
         head=model_cfg.head,
         weights=model_cfg.weights,
-        encoder=model_cfg.encoder,
-        **model_cfg.options,
+        **options,
     )
 
 
@@ -83,10 +85,6 @@ class SegmentationModule(L.LightningModule):
         seed = self.train_cfg.seed * 100_003 + self.current_epoch
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
-        loader = self.trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
