@@ -467,6 +467,48 @@ def export(
     _console().print(result.summary(), highlight=False, soft_wrap=True)
 
 
+@app.command()
+def study(
+    config: Annotated[Path, typer.Argument(help="Study config YAML (see configs/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to create.")] = Path(
+        "studies/study"
+    ),
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset root for every row (overrides the config).")
+    ] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="Comma-separated row names to run (default: all).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Skip finished rows and continue an interrupted one.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing study folder.")] = False,
+) -> None:
+    """Train and evaluate every row of a study, then write results.md/csv and report.html.
+
+    Examples:
+
+      celltune study configs/neurips.yaml --data data/neurips --out studies/neurips
+
+      celltune study configs/neurips.yaml --out studies/neurips --resume
+    """
+    from celltune.config import load_study_config
+    from celltune.report import collect, render_console, study_meta
+    from celltune.study import run_study
+
+    cfg = load_study_config(config)
+    if data is not None:
+        cfg.defaults.data.root = data
+    console = _console()
+    selected = rows.split(",") if rows else None
+    results = run_study(cfg, out, resume=resume, overwrite=overwrite, rows=selected,
+                        console=console)
+    meta = study_meta(out)
+    render_console(collect(out, [r.run_dir.name for r in results], meta.get("labels")),
+                   console, paper=meta.get("paper"), title=meta.get("title"))
+    console.print(f"Report: [bold]{out / 'report.html'}[/]")
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit non-zero."""
     try:
