@@ -89,6 +89,7 @@ class TrainConfig(_Section):
     loss: str = Field("bce_dice", description="bce_dice, dice, focal, bce, ce")
     aug: str = Field("aug1", description="augmentation preset: none, aug1, aug2")
     patience: int | None = Field(None, ge=1, description="early stopping on val Dice (epochs)")
+    val_every: int = Field(1, ge=1, description="validate every this many epochs")
     grad_clip: float | None = Field(1.0, gt=0)
     precision: str = Field("auto", description="auto, 32, bf16-mixed, 16-mixed")
     seed: int = 0

@@ -42,6 +42,7 @@ def run_pipeline(
     overwrite: bool = False,
     progress: bool = True,
     evaluate_split: str | None = "test",
+    splits: Any = None,
 ) -> RunResult:
     """Train ``config`` into ``out``, pick the threshold, evaluate, and write the plots.
 
@@ -58,7 +59,9 @@ def run_pipeline(
         return RunResult(run_dir, summary, info["threshold"], info["train_seconds"])
 
     started = time.monotonic()
-    run_dir = fit(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    run_dir = fit(
+        config, run_dir, resume=resume, overwrite=overwrite, progress=progress, splits=splits
+    )
     train_seconds = time.monotonic() - started
     threshold = choose_threshold(run_dir, progress=progress)
     summary = evaluate_run(run_dir, split=evaluate_split, progress=progress) if evaluate_split else {}

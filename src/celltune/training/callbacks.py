@@ -39,11 +39,13 @@ class MetricsCSV(L.Callback):
             return
         m = trainer.callback_metrics
         opt = trainer.optimizers[0] if trainer.optimizers else None
+        every = trainer.check_val_every_n_epoch or 1
+        validated = (trainer.current_epoch + 1) % every == 0
         row = {
             "epoch": trainer.current_epoch,
             "train_loss": _num(m.get("train_loss_epoch", m.get("train_loss"))),
-            "val_loss": _num(m.get("val_loss")),
-            "val_dice": _num(m.get("val_dice")),
+            "val_loss": _num(m.get("val_loss")) if validated else float("nan"),
+            "val_dice": _num(m.get("val_dice")) if validated else float("nan"),
             "lr": opt.param_groups[0]["lr"] if opt else float("nan"),
             "seconds": round(time.monotonic() - self._epoch_start, 3),
         }

@@ -151,11 +151,13 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    splits: Splits | None = None,
 ) -> Path:
     """Train ``config`` into ``out``; returns the run folder.
 
     Writes ``config.yaml``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and
     ``metrics.csv``. With ``resume`` the run continues from ``last.ckpt`` with the saved config.
+    ``splits`` fixes the train/val/test images instead of drawing them from the data root.
     """
     import lightning as L
 
@@ -166,6 +168,8 @@ def fit(
         config = load_run_config(run_dir / CONFIG_FILE)
     config = resolve_data(config, run_dir)
     save_run_config(config, run_dir / CONFIG_FILE, provenance())
+    if splits is not None and not (run_dir / SPLITS_FILE).is_file():
+        splits.save(run_dir / SPLITS_FILE)
     splits = load_or_make_splits(config, run_dir)
     _check_splits(splits, config)
 
@@ -225,6 +229,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: in
         strategy=t.strategy,
         precision=auto_precision(t.accelerator, t.precision),
         max_epochs=t.epochs,
+        check_val_every_n_epoch=t.val_every,
         max_time={"minutes": t.max_time} if t.max_time else None,
         gradient_clip_val=t.grad_clip,
         callbacks=callbacks,
