@@ -46,7 +46,10 @@ def loss_curves(
         ax_loss.plot(epochs, _column(rows, "train_loss"), color=color, label=f"{name} train")
         ax_loss.plot(epochs, _column(rows, "val_loss"), color=color, ls="--", label=f"{name} val")
         ax_dice.plot(epochs, _column(rows, "val_dice"), color=color, marker="o", ms=3, label=name)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: validation)")
+    # Early epochs of from-scratch models can sit an order of magnitude above the rest.
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="epoch", ylabel="loss (log scale)",
+                title="Loss (solid: train, dashed: validation)")
     ax_dice.set(xlabel="epoch", ylabel="Dice at 0.5", title="Validation Dice", ylim=(0, 1))
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
