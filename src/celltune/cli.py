@@ -296,6 +296,8 @@ def train(
     result = run_pipeline(
         cfg, out, resume=resume, overwrite=overwrite, evaluate_split="test" if evaluate else None
     )
+    if result.extra.get("rank"):  # a DDP worker process: rank 0 reports
+        return
     if result.summary:
         s = result.summary
         console.print(
@@ -395,7 +397,8 @@ def predict(
     ] = False,
     overlay: Annotated[bool, typer.Option(help="Write <stem>_overlay.png.")] = True,
     threshold: Annotated[
-        float | None, typer.Option(help="Override the run's probability threshold.")
+        float | None,
+        typer.Option(help="Override the run's probability threshold (binary heads)."),
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -503,21 +506,64 @@ def study(
     selected = rows.split(",") if rows else None
     results = run_study(cfg, out, resume=resume, overwrite=overwrite, rows=selected,
                         console=console)
+    from celltune.training.distributed import is_worker
+
+    if is_worker():  # a DDP worker process: rank 0 reports
+        return
     meta = study_meta(out)
     render_console(collect(out, [r.run_dir.name for r in results], meta.get("labels")),
                    console, paper=meta.get("paper"), title=meta.get("title"))
     console.print(f"Report: [bold]{out / 'report.html'}[/]")
 
 
+def _one_line(exc: BaseException) -> str:
+    """The user-facing sentence of an error.
+
+    An error raised in a DataLoader worker process comes back wrapped ("Caught ... in
+    DataLoader worker process 0. Original Traceback ..."); its last line holds the sentence.
+    """
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return text
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    """Warnings as one line on stderr, without the source line of the library."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(
+        f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+    )
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    _console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit non-zero."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except CelltuneError as exc:
         if _DEBUG:
             raise
-        _console().print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(_one_line(exc), exc.exit_code)
+    except OSError as exc:  # disk full, permissions: the environment, not a bug
+        if _DEBUG:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}.", 1)
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]")
         sys.exit(130)

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from celltune.errors import RunError
-from celltune.inference.tiling import predict_tiled
+from celltune.errors import ConfigError, RunError
+from celltune.inference.tiling import count_tiles, predict_tiled
 from celltune.io import normalize, to_channels
 
 
@@ -35,12 +36,35 @@ class Prediction:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; anything else as torch parses it."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"--device {device!r} is not a device name; use cpu, cuda or auto."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device!r} asks for CUDA, which is not available here; use cpu."
+        )
+    return resolved
 
 
-def flip_tta(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def check_tiling(tile: int, overlap: float, batch_size: int) -> None:
+    """Raise a one-sentence :class:`ConfigError` for unusable tiling options."""
+    if tile < 1:
+        raise ConfigError(f"--tile must be a positive number of pixels, got {tile}.")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"--overlap must be a fraction in [0, 1), got {overlap}.")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+
+
+def flip_tta(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Average predictions over the identity and horizontal/vertical/both flips."""
 
     def wrapped(x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +93,7 @@ class Predictor:
         tta: bool = False,
         device: str | torch.device | None = None,
     ) -> None:
+        check_tiling(tile, overlap, batch_size)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
@@ -82,6 +107,54 @@ class Predictor:
         self.batch_size = batch_size
         self.tta = tta
         self.divisor = int(getattr(model, "size_divisor", 32))
+        #: Where the model came from (set by :meth:`from_run`); recorded in predict_args.json.
+        self.source: dict[str, Any] = {}
+
+    def update(
+        self,
+        *,
+        tile: int | None = None,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        tta: bool | None = None,
+        threshold: float | None = None,
+    ) -> Predictor:
+        """Change tiling, TTA or threshold in place (``None`` keeps a value); returns self."""
+        tile = self.tile if tile is None else tile
+        overlap = self.overlap if overlap is None else overlap
+        batch_size = self.batch_size if batch_size is None else batch_size
+        check_tiling(tile, overlap, batch_size)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"--threshold must lie in [0, 1], got {threshold}.")
+        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+        self.tta = self.tta if tta is None else tta
+        if threshold is not None and self.head != "two_class":
+            self.threshold = float(threshold)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the output, as JSON-ready values."""
+        return {
+            **self.source,
+            "model": getattr(self.model, "name", type(self.model).__name__),
+            "head": self.head,
+            "channels": self.channels,
+            "threshold": self.threshold,
+            "resize": self.resize,
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "tta": self.tta,
+            "device": str(self.device),
+            "size_divisor": self.divisor,
+        }
+
+    def tile_count(self, height: int, width: int) -> int:
+        """Tiles (forward passes per TTA view) needed for an image of this size."""
+        if self.resize and self.resize != 1.0:
+            height = max(1, math.floor(height * self.resize))
+            width = max(1, math.floor(width * self.resize))
+        return count_tiles(height, width, self.tile, self.overlap, self.divisor)
 
     @classmethod
     def from_run(
@@ -99,12 +172,18 @@ class Predictor:
         model, _ = load_model_from_checkpoint(run / "checkpoints" / f"{checkpoint}.ckpt")
         threshold = read_threshold(run)
         kwargs: dict[str, Any] = {
-            "head": cfg.model.head, "channels": cfg.data.channels, "threshold": threshold,
-            "resize": cfg.data.resize, "tile": cfg.eval.tile, "overlap": cfg.eval.overlap,
+            "head": cfg.model.head,
+            "channels": cfg.data.channels,
+            "threshold": threshold,
+            "resize": cfg.data.resize,
+            "tile": cfg.eval.tile,
+            "overlap": cfg.eval.overlap,
             "batch_size": cfg.eval.batch_size,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model, **kwargs)
+        predictor = cls(model, **kwargs)
+        predictor.source = {"run": str(run), "checkpoint": checkpoint}
+        return predictor
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Raw ``(H, W)`` or ``(H, W, C)`` -> normalised ``(C, H, W)`` float32."""
@@ -132,8 +211,15 @@ class Predictor:
             chw = _rescale(chw, self.resize)
         forward = flip_tta(self._forward) if self.tta else self._forward
         prob = predict_tiled(
-            forward, chw, out_channels=1, tile=self.tile, overlap=self.overlap,
-            batch_size=self.batch_size, divisor=self.divisor, device=self.device, on_tile=on_tile,
+            forward,
+            chw,
+            out_channels=1,
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            divisor=self.divisor,
+            device=self.device,
+            on_tile=on_tile,
         )[0]
         if prob.shape != (h, w):
             prob = _rescale(prob[None], (h, w))[0]

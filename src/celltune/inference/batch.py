@@ -1,0 +1,444 @@
+"""Predict many image files with a trained run: masks, probabilities, instances, overlays, counts.
+
+Inputs may be files, folders (their image files, not recursive) or glob patterns (``**``
+recurses). For every readable image ``<stem>`` the output folder receives:
+
+* ``<stem>_mask.tif``: uint8, 0 = background, 255 = foreground (probability >= threshold);
+* ``<stem>_prob.tif``: float32 foreground probability in [0, 1] (only with ``save_prob``);
+* ``<stem>_labels.tif``: int32 instance labels, 0 = background (unless ``instances="none"``);
+* ``<stem>_overlay.png``: the image (percentile-normalised, RGB) with cell outlines in red,
+  shrunk by an integer factor so its longer side is at most 2048 pixels;
+
+and once per call ``counts.csv`` (one row per image), ``predict_args.json`` (the call's
+arguments and the predictor's settings) and, when something failed, ``failures.csv``. A file
+that cannot be read or predicted is reported and skipped; the others continue.
+
+Example:
+    >>> result = predict_files("runs/unet", ["images/", "more/*.png"], "predictions")  # doctest: +SKIP
+    >>> result.ok, len(result.images)                                                # doctest: +SKIP
+    (True, 12)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from celltune.errors import CelltuneError, ConfigError, DataError, OutputError, RunError
+from celltune.inference.files import (
+    Failure,
+    assign_names,
+    collect_inputs,
+    label_in_bands,
+    overlay_outlines,
+    preview,
+)
+from celltune.inference.predict import Predictor
+from celltune.io import read_image, write_png, write_text, write_tiff
+
+INSTANCE_METHODS = ("watershed", "components", "none")
+COUNTS_FILE = "counts.csv"
+ARGS_FILE = "predict_args.json"
+FAILURES_FILE = "failures.csv"
+COUNT_COLUMNS = (
+    "image",
+    "path",
+    "cells",
+    "foreground_fraction",
+    "mean_cell_area",
+    "height",
+    "width",
+    "seconds",
+)
+
+
+@dataclass
+class ImageResult:
+    """What one image produced: output paths and its counts (cells is None without instances)."""
+
+    path: Path
+    name: str
+    outputs: dict[str, Path]
+    height: int
+    width: int
+    foreground_fraction: float
+    cells: int | None
+    mean_cell_area: float | None
+    seconds: float
+
+    def row(self) -> dict[str, Any]:
+        """This image's line of ``counts.csv``."""
+        return {
+            "image": self.name,
+            "path": str(self.path),
+            "cells": "" if self.cells is None else self.cells,
+            "foreground_fraction": f"{self.foreground_fraction:.6f}",
+            "mean_cell_area": "" if self.mean_cell_area is None else f"{self.mean_cell_area:.2f}",
+            "height": self.height,
+            "width": self.width,
+            "seconds": f"{self.seconds:.3f}",
+        }
+
+
+@dataclass
+class BatchResult:
+    """The outcome of :func:`predict_files`."""
+
+    out: Path
+    images: list[ImageResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every input was predicted."""
+        return not self.failures
+
+    def summary(self) -> str:
+        """One line for the end of a command."""
+        total = len(self.images) + len(self.failures)
+        line = f"Predicted {len(self.images)} of {total} image(s) into {self.out}"
+        if self.failures:
+            names = ", ".join(Path(f.path).name for f in self.failures[:3])
+            more = ", ..." if len(self.failures) > 3 else ""
+            return f"{line}; {len(self.failures)} failed: {names}{more}."
+        return f"{line}."
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which files to write per image, and how to label instances."""
+
+    instances: str = "watershed"
+    min_size: int = 16
+    save_prob: bool = False
+    overlay: bool = True
+
+    def __post_init__(self) -> None:
+        if self.instances not in INSTANCE_METHODS:
+            raise ConfigError(
+                f"--instances {self.instances!r} is unknown; valid values are: "
+                f"{', '.join(INSTANCE_METHODS)}."
+            )
+        if self.min_size < 0:
+            raise ConfigError(f"--min-size must be >= 0 pixels, got {self.min_size}.")
+
+    def files(self, out: Path, name: str) -> dict[str, Path]:
+        """Output path per kind (``mask``, ``prob``, ``labels``, ``overlay``) for one image."""
+        kinds = ["mask"]
+        kinds += ["prob"] if self.save_prob else []
+        kinds += ["labels"] if self.instances != "none" else []
+        kinds += ["overlay"] if self.overlay else []
+        ext = {"overlay": ".png"}
+        return {k: out / f"{name}_{k}{ext.get(k, '.tif')}" for k in kinds}
+
+
+def predict_files(
+    run_or_predictor: str | os.PathLike | Predictor,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    instances: str = "watershed",
+    min_size: int = 16,
+    save_prob: bool = False,
+    overlay: bool = True,
+    overwrite: bool = False,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    threshold: float | None = None,
+    device: str | None = None,
+    checkpoint: str = "best",
+    progress: bool = True,
+    console: Any = None,
+) -> BatchResult:
+    """Predict every image in ``inputs`` and write masks, labels, overlays and ``counts.csv``.
+
+    Args:
+        run_or_predictor: A run folder or a ready :class:`Predictor`.
+        inputs: Image files, folders and glob patterns.
+        out: Output folder (created if missing).
+        instances: ``"watershed"``, ``"components"`` or ``"none"`` (no labels, no counts).
+        min_size: Smallest cell kept, in pixels.
+        save_prob: Also write the float32 probability map.
+        overlay: Write the PNG overlay.
+        overwrite: Replace existing outputs; otherwise refuse before predicting anything.
+        tile, overlap, batch_size, tta, threshold: Override the run's settings (None keeps them).
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` (only when a run folder is given).
+        checkpoint: Which checkpoint of the run (``"best"`` or ``"last"``).
+        progress: Show progress bars over images and tiles.
+        console: A ``rich.console.Console`` for messages (default: a new one).
+
+    Returns:
+        A :class:`BatchResult`; inputs that failed are listed there and in ``failures.csv``.
+
+    Raises:
+        RunError: Outputs already exist and ``overwrite`` is False, or the run is unusable.
+        DataError: No image file was found in ``inputs``.
+        ConfigError: An option is invalid.
+    """
+    options = OutputOptions(instances, min_size, save_prob, overlay)
+    predictor = _predictor(run_or_predictor, device=device, checkpoint=checkpoint)
+    predictor.update(
+        tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold
+    )
+    out = Path(out)
+    paths, failures = collect_inputs(inputs)
+    named, clashes = assign_names(paths)
+    failures += clashes
+    if not named:
+        raise DataError(
+            f"No image files found in {', '.join(map(str, inputs)) or 'the inputs'}; give "
+            "image files, folders or glob patterns."
+        )
+    _check_outputs(out, named, options, overwrite)
+    _write_args(out, predictor, inputs, named, options, overwrite)
+    result = BatchResult(out, failures=failures)
+    console = console or _default_console()
+    for failure in failures:
+        _report(console, failure)
+    with _progress(console, progress) as bar:
+        images = bar.add_task("images", total=len(named))
+        for path, name in named:
+            _predict_one(predictor, path, name, out, options, result, bar, console)
+            bar.advance(images)
+    _write_failures(out, result.failures)
+    return result
+
+
+def _predictor(
+    source: str | os.PathLike | Predictor, *, device: str | None, checkpoint: str
+) -> Predictor:
+    if isinstance(source, Predictor):
+        return source
+    return Predictor.from_run(source, checkpoint=checkpoint, device=device)
+
+
+def _check_outputs(
+    out: Path, named: list[tuple[Path, str]], options: OutputOptions, overwrite: bool
+) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: --out must be a folder, but a file of that name exists.")
+    if overwrite:
+        return
+    planned = [out / COUNTS_FILE, out / ARGS_FILE]
+    planned += [p for _, name in named for p in options.files(out, name).values()]
+    existing = [p for p in planned if p.exists()]
+    if existing:
+        raise RunError(
+            f"{out}: {len(existing)} output file(s) already exist, e.g. {existing[0].name}; "
+            "pass --overwrite to replace them or choose another --out folder."
+        )
+
+
+def _write_args(
+    out: Path,
+    predictor: Predictor,
+    inputs: Sequence[str | os.PathLike],
+    named: list[tuple[Path, str]],
+    options: OutputOptions,
+    overwrite: bool,
+) -> None:
+    from celltune import __version__
+
+    args = {
+        "celltune_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [str(i) for i in inputs],
+        "files": [str(p) for p, _ in named],
+        "out": str(out),
+        "instances": options.instances,
+        "min_size": options.min_size,
+        "save_prob": options.save_prob,
+        "overlay": options.overlay,
+        "overwrite": overwrite,
+        "mask_values": {"background": 0, "foreground": 255},
+        "predictor": predictor.describe(),
+    }
+    write_text(out / ARGS_FILE, json.dumps(args, indent=1) + "\n")
+
+
+def _predict_one(
+    predictor: Predictor,
+    path: Path,
+    name: str,
+    out: Path,
+    options: OutputOptions,
+    result: BatchResult,
+    bar: Any,
+    console: Any,
+) -> None:
+    written: list[Path] = []
+    tiles = bar.add_task(f"tiles {name}", total=None)
+    try:
+        image = predict_file(
+            predictor,
+            path,
+            name,
+            out,
+            options,
+            written,
+            on_tile=lambda n: bar.advance(tiles, n),
+            on_size=lambda h, w: bar.update(tiles, total=predictor.tile_count(h, w)),
+        )
+    except Exception as exc:  # one bad file must not stop the batch; report it and go on
+        for p in written:
+            p.unlink(missing_ok=True)  # no half set of outputs for a failed image
+        failure = Failure(str(path), _reason(path, exc))
+        result.failures.append(failure)
+        _report(console, failure)
+        return
+    finally:
+        bar.remove_task(tiles)
+    result.images.append(image)
+    _write_counts(out, result.images)
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    if isinstance(exc, CelltuneError):
+        text = str(exc)
+        return text if str(path) in text else f"{path}: {text}"
+    if isinstance(exc, MemoryError):
+        return f"{path}: not enough memory to predict this image; try a smaller --batch-size."
+    return f"{path}: prediction failed ({type(exc).__name__}: {exc})."
+
+
+def predict_file(
+    predictor: Predictor,
+    path: Path,
+    name: str,
+    out: Path,
+    options: OutputOptions,
+    written: list[Path],
+    *,
+    on_tile: Callable[[int], None] | None = None,
+    on_size: Callable[[int, int], None] | None = None,
+) -> ImageResult:
+    """Predict one file and write its outputs; every path written is appended to ``written``."""
+    start = time.perf_counter()
+    files = options.files(out, name)
+    image = read_image(path)
+    height, width = image.shape[:2]
+    if on_size is not None:
+        on_size(height, width)
+    small = preview(image) if options.overlay else None
+    prob = predictor.predict_proba(image, on_tile=on_tile)
+    del image  # the raw image is the largest array left; free it before labelling
+    if options.save_prob:
+        written.append(write_tiff(files["prob"], prob.astype(np.float32, copy=False)))
+    mask = prob >= predictor.threshold
+    del prob
+    written.append(write_tiff(files["mask"], mask.astype(np.uint8) * 255))
+    labels, cells, mean_area = _instances(mask, options)
+    if labels is not None:
+        written.append(write_tiff(files["labels"], labels))
+    if small is not None:
+        shown = labels if labels is not None else mask
+        written.append(write_png(files["overlay"], overlay_outlines(small, shown)))
+    return ImageResult(
+        path=path,
+        name=name,
+        outputs=files,
+        height=height,
+        width=width,
+        foreground_fraction=float(mask.mean()),
+        cells=cells,
+        mean_cell_area=mean_area,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _instances(
+    mask: np.ndarray, options: OutputOptions
+) -> tuple[np.ndarray | None, int | None, float | None]:
+    if options.instances == "none":
+        return None, None, None
+    labels = label_in_bands(mask, options.instances, options.min_size)
+    cells = int(labels.max())
+    mean_area = float(np.count_nonzero(labels)) / cells if cells else None
+    return labels, cells, mean_area
+
+
+def _write_counts(out: Path, images: list[ImageResult]) -> None:
+    # Rewritten after every image so an interrupted batch still leaves its counts.
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COUNT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(image.row() for image in images)
+    write_text(out / COUNTS_FILE, buffer.getvalue())
+
+
+def _write_failures(out: Path, failures: list[Failure]) -> None:
+    path = out / FAILURES_FILE
+    if not failures:
+        path.unlink(missing_ok=True)  # a stale list from an earlier call would mislead
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "error"])
+    writer.writerows([f.path, f.error] for f in failures)
+    write_text(path, buffer.getvalue())
+
+
+def _default_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _report(console: Any, failure: Failure) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]skipped:[/] {escape(failure.error)}", soft_wrap=True)
+
+
+class _NoProgress:
+    """The subset of rich's Progress used here, doing nothing (progress=False)."""
+
+    def add_task(self, *_: Any, **__: Any) -> int:
+        return 0
+
+    def advance(self, *_: Any) -> None:
+        pass
+
+    def update(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def remove_task(self, *_: Any) -> None:
+        pass
+
+
+@contextmanager
+def _progress(console: Any, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield _NoProgress()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        yield bar
