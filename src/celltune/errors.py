@@ -36,5 +36,23 @@ class RunError(CelltuneError):
     """A run folder is missing, incomplete, or would be overwritten."""
 
 
+class OutputError(CelltuneError):
+    """An output file or folder cannot be written (a path under a file, no permission...)."""
+
+
 class DownloadError(CelltuneError):
     """A download failed, was corrupted, or the network is unreachable."""
+
+
+class Interrupted(RunError):
+    """Training was stopped by SIGINT (Ctrl+C) or SIGTERM; ``--resume`` continues it.
+
+    The exit code follows the shell convention 128 + signal number: 130 for SIGINT, 143 for
+    SIGTERM.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from celltune.errors import ImageReadError
+from celltune.errors import ImageReadError, OutputError
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -65,12 +66,31 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         ) from exc
 
 
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's log while reading a file.
+
+    tifffile logs every damaged tag as an ERROR record, which Python prints to stderr when
+    logging is not configured; the reader's :class:`ImageReadError` already says what is
+    wrong, in one sentence.
+    """
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
         if not tif.series:
-            raise ImageReadError(f"{path}: TIFF contains no image data.")
+            raise ImageReadError(
+                f"{path}: TIFF contains no image data; the file may be truncated or corrupt."
+            )
         # Level 0 of the first series is the full-resolution image, also for pyramidal slides.
         return tif.series[0].asarray()
 
@@ -125,9 +145,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     image = _as_hwc(raw, path)
     if image.shape[-1] == 4:
         image = image[..., :3]
+    if np.issubdtype(raw.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ImageReadError(f"{path}: contains NaN or infinite pixel values.")
+        # float64 beyond float32's range would silently become infinite below.
+        if np.abs(image).max() > np.finfo(np.float32).max:
+            raise ImageReadError(f"{path}: pixel values exceed the float32 range.")
     image = image.astype(np.float32, copy=False)
-    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(image).all():
-        raise ImageReadError(f"{path}: contains NaN or infinite pixel values.")
     return np.ascontiguousarray(image)
 
 
@@ -245,17 +269,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
 
     A crash or exception leaves any existing ``path`` untouched and removes the temp file.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or ``path`` is a folder.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+        )
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot write the file ({exc.strerror or exc}); choose a writable folder."
+        ) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # mkstemp creates files readable by the owner only; give them the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:  # e.g. the destination is an existing folder
+            raise OutputError(f"{path}: cannot replace it ({exc.strerror or exc}).") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

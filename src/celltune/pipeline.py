@@ -63,6 +63,11 @@ def run_pipeline(
         config, run_dir, resume=resume, overwrite=overwrite, progress=progress, splits=splits
     )
     train_seconds = time.monotonic() - started
+    from celltune.training.distributed import process_rank
+
+    if process_rank() > 0:
+        # A DDP worker only trains; rank 0 alone chooses the threshold, evaluates and writes.
+        return RunResult(run_dir, {}, float("nan"), train_seconds, {"rank": process_rank()})
     threshold = choose_threshold(run_dir, progress=progress)
     summary = evaluate_run(run_dir, split=evaluate_split, progress=progress) if evaluate_split else {}
     write_run_plots(run_dir)

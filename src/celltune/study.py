@@ -20,6 +20,7 @@ from typing import Any
 from celltune.config import StudyConfig, load_study_config, save_run_config
 from celltune.errors import ConfigError, RunError
 from celltune.pipeline import DONE_FILE, RunResult, run_pipeline
+from celltune.training.distributed import is_worker
 
 STUDY_CONFIG = "study.yaml"
 
@@ -43,12 +44,12 @@ def _shared_data(study: StudyConfig, out: Path) -> StudyConfig:
     """Generate the synthetic dataset once for all rows when the study names no data root."""
     if study.defaults.data.root is not None:
         return study
-    from celltune.data.synthetic import write_dataset
+    from celltune.data.synthetic import ensure_dataset
 
     syn = study.defaults.data.synthetic
     root = out / "data"
-    if not (root / "images").is_dir():
-        write_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
+    # A generation interrupted by a kill is redone, not reused half-written on --resume.
+    ensure_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
     data = study.defaults.data.model_copy(update={"root": root})
     return study.model_copy(update={"defaults": study.defaults.model_copy(update={"data": data})})
 
@@ -78,16 +79,21 @@ def run_study(
     """Train and evaluate every row, then write the report; returns one result per row."""
     study = config if isinstance(config, StudyConfig) else load_study_config(config)
     out = Path(out)
-    _prepare(out, resume=resume, overwrite=overwrite)
+    # Under DDP, workers re-run the whole command alongside rank 0 and train every row with
+    # it; rank 0 alone prepares (with --overwrite: deletes) and writes the study folder.
+    worker = is_worker()
+    if not worker:
+        _prepare(out, resume=resume, overwrite=overwrite)
     study = _shared_data(study, out)
-    save_run_config(study, out / STUDY_CONFIG)  # type: ignore[arg-type]
+    if not worker:
+        save_run_config(study, out / STUDY_CONFIG)  # type: ignore[arg-type]
     selected = select_rows(study, rows)
     results = []
     for i, row in enumerate(selected, 1):
         run_dir = out / row.name
         cfg = study.run_config(row)
         finished = (run_dir / DONE_FILE).is_file()
-        if console is not None:
+        if console is not None and not worker:
             state = "finished, skipped" if finished else "training"
             console.print(f"[bold]row {i}/{len(selected)}[/] {row.label or row.name}: {state}")
         started = time.monotonic()
@@ -97,7 +103,8 @@ def run_study(
         result.extra["label"] = row.label or row.name
         result.extra["wall_seconds"] = time.monotonic() - started
         results.append(result)
-    write_report(out)
+    if not worker:
+        write_report(out)
     return results
 
 

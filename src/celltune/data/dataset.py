@@ -275,9 +275,13 @@ class CropDataset(_PairSource, Dataset):
         """Select the epoch used for plain integer indices."""
         self.epoch = int(epoch)
 
-    def sampler(self) -> EpochSampler:
-        """A sampler yielding ``(epoch, i)``; pass it to the DataLoader for exact replay."""
-        return EpochSampler(len(self))
+    def sampler(self, shard: bool = False) -> EpochSampler:
+        """A sampler yielding ``(epoch, i)``; pass it to the DataLoader for exact replay.
+
+        ``shard=True`` splits the items between distributed processes (see
+        :class:`EpochSampler`); use it with ``Trainer(use_distributed_sampler=False)``.
+        """
+        return EpochSampler(len(self), shard=shard)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, i = (
@@ -351,20 +355,38 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     Sequential order is enough: :class:`CropDataset` already maps item ``i`` to a per-epoch
     random sample, so consecutive items form shuffled batches.
+
+    With ``shard=True`` and an initialised ``torch.distributed`` process group, rank ``r`` of
+    ``w`` yields items ``r, r + w, r + 2w, ...``: global batch ``b`` (one batch from every
+    rank) then holds exactly the items of batch ``b`` of a single process whose batch is ``w``
+    times larger, so DDP trains on the same batches in the same order. Lightning's own
+    ``DistributedSampler`` wrapper would shuffle the items again across ranks, which is why
+    training disables it. Items are padded by wrapping around to an equal count per rank,
+    because ranks with different numbers of batches would deadlock.
     """
 
-    def __init__(self, length: int, epoch: int = 0) -> None:
+    def __init__(self, length: int, epoch: int = 0, shard: bool = False) -> None:
         self.length = int(length)
         self.epoch = int(epoch)
+        self.shard = bool(shard)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if self.shard and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, i) for i in range(self.length))
+        rank, world = self._rank_and_world()
+        total = -(-self.length // world) * world
+        return ((self.epoch, i % self.length) for i in range(rank, total, world))
 
     def __len__(self) -> int:
-        return self.length
+        return -(-self.length // self._rank_and_world()[1])
 
 
 class WholeImageDataset(_PairSource, Dataset):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
 LABEL_SUFFIX = "_label"
 # The Zenodo "Testing" archive nests its labelled images one level deeper.
 _NESTED_DIRS = ("public",)
+# Unpaired files named one by one in warnings before a count of the rest.
+_UNPAIRED_SHOWN = 5
 
 
 @dataclass
@@ -201,6 +204,32 @@ def _add_split(found: Discovery, role: str, folder: Path, dirs: tuple[Path, Path
     found.unpaired_labels.extend(lonely_labels)
 
 
+def warn_unpaired(found: Discovery, roles: tuple[str, ...] = ("training", "tuning")) -> list[Path]:
+    """Warn, naming each file, about images without labels and labels without images.
+
+    Such files cannot be trained or evaluated on. A warning (not an error) keeps a forgotten
+    label from going unnoticed without refusing a dataset that is otherwise usable; the
+    unlabelled ``Testing`` images of the challenge are expected and not reported.
+
+    Returns:
+        The unpaired files inside the folders of ``roles``.
+    """
+    folders = [found.folders[r] for r in roles if r in found.folders]
+    problems = [(p, "image has no label file") for p in found.unpaired_images]
+    problems += [(p, "label file has no image") for p in found.unpaired_labels]
+    problems = [(p, why) for p, why in problems if any(f in p.parents for f in folders)]
+    for path, why in problems[:_UNPAIRED_SHOWN]:
+        warnings.warn(f"{path}: {why}; it is left out.", UserWarning, stacklevel=2)
+    if len(problems) > _UNPAIRED_SHOWN:
+        warnings.warn(
+            f"{found.root}: {len(problems) - _UNPAIRED_SHOWN} more unpaired files are left out; "
+            f"`celltune data summary {found.root}` lists them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return [p for p, _ in problems]
+
+
 # --- filters -----------------------------------------------------------------------------
 
 #: A filter returns ``None`` to keep a sample, or the reason it is dropped.
@@ -326,6 +355,7 @@ def make_splits(data_cfg: DataConfig, seed: int) -> Splits:
     if data_cfg.root is None:
         raise DataError("data.root is not set; give a dataset folder to split.")
     found = discover(data_cfg.root)
+    warn_unpaired(found)
     root, name = found.root, data_cfg.filter
     pool, _ = apply_filter(_training_pool(found), name)
     _nonempty(pool, "training", root, name)

@@ -23,7 +23,7 @@ import numpy as np
 from celltune.data.neurips import FILTERS, Discovery, apply_filter, discover
 from celltune.data.samples import Sample
 from celltune.errors import CelltuneError
-from celltune.io import TIFF_EXTENSIONS, read_label
+from celltune.io import TIFF_EXTENSIONS, quiet_tifffile, read_label
 
 # PIL mode -> (numpy dtype name, channels in the file).
 _PIL_MODES: dict[str, tuple[str, int]] = {
@@ -186,7 +186,7 @@ def _tiff_header(path: Path) -> tuple[tuple[int, ...], str]:
     import tifffile
 
     size = path.stat().st_size
-    with tifffile.TiffFile(path) as tif:
+    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise CelltuneError(f"{path}: TIFF contains no image data.")
         series = tif.series[0]

@@ -191,6 +191,21 @@ def _record(name: str, path: Path, result: SyntheticImage) -> dict[str, Any]:
     }
 
 
+def ensure_dataset(
+    out: str | os.PathLike, *, n: int, size: int, seed: int, png_fraction: float = 0.1
+) -> Path:
+    """Write the dataset into ``out`` unless a complete one is already there.
+
+    The manifest is written last, so a folder without it is the remains of an interrupted
+    generation: it is regenerated from scratch, and a resumed run trains on exactly the
+    images an uninterrupted one would have.
+    """
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        write_dataset(out, n=n, size=size, seed=seed, png_fraction=png_fraction, overwrite=True)
+    return out
+
+
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """The ``synthetic.json`` of a dataset folder, or an empty dict when there is none."""
     path = Path(root) / MANIFEST

@@ -19,6 +19,8 @@ from typing import Any
 from celltune.config import RunConfig, load_run_config, save_run_config
 from celltune.data.samples import Splits
 from celltune.errors import RunError
+from celltune.training.distributed import is_worker, steps_per_process
+from celltune.training.resume import check_checkpoint, interruptible
 
 CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
@@ -77,6 +79,23 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) ->
     return out
 
 
+def check_names(config: RunConfig) -> None:
+    """Fail on an unknown model, loss, augmentation preset or filter before writing anything.
+
+    Otherwise the error would come after the run folder was created, and the corrected
+    command would be refused because the folder is no longer empty.
+    """
+    from celltune.data.augment import AUGMENTATIONS
+    from celltune.data.neurips import FILTERS
+    from celltune.models import MODELS
+    from celltune.training.losses import LOSSES
+
+    MODELS.get(config.model.name)
+    LOSSES.get(config.train.loss)
+    AUGMENTATIONS.get(config.train.aug)
+    FILTERS.get(config.data.filter)
+
+
 def resolve_data(config: RunConfig, run_dir: Path) -> RunConfig:
     """Fill in the data root: generate the synthetic set when none is given."""
     if config.data.root is not None:
@@ -84,12 +103,12 @@ def resolve_data(config: RunConfig, run_dir: Path) -> RunConfig:
         if not root.exists():
             raise RunError(f"{root}: data folder not found.")
         return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
-    from celltune.data.synthetic import write_dataset
+    from celltune.data.synthetic import ensure_dataset
 
     syn = config.data.synthetic
     root = run_dir / "data"
-    if not (root / "images").is_dir():
-        write_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
+    if not is_worker():  # DDP workers start after rank 0 has written it
+        ensure_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
     return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
 
 
@@ -100,7 +119,8 @@ def load_or_make_splits(config: RunConfig, run_dir: Path) -> Splits:
     from celltune.data.neurips import make_splits
 
     splits = make_splits(config.data, seed=config.train.seed)
-    splits.save(path)
+    if not is_worker():
+        splits.save(path)
     return splits
 
 
@@ -136,8 +156,10 @@ def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
               "persistent_workers": d.num_workers > 0}
     # The epoch-aware sampler hands (epoch, index) to the dataset, so crops and augmentation
     # depend only on (seed, epoch, index): identical across workers, processes and resumes.
+    # Under DDP it shards the items itself (Lightning's sampler replacement is off), so the
+    # processes together train on exactly the batches of one process.
     train_dl = DataLoader(
-        train_ds, batch_size=t.batch_size, sampler=train_ds.sampler(),
+        train_ds, batch_size=t.batch_size, sampler=train_ds.sampler(shard=True),
         drop_last=len(train_ds) >= t.batch_size, **common,
     )
     val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, collate_fn=collate_whole, **common)
@@ -163,28 +185,44 @@ def fit(
 
     from celltune.training.module import SegmentationModule
 
-    run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    check_names(config)
+    # DDP workers re-run the command after rank 0 prepared the folder; with --overwrite
+    # they would delete it, without --resume refuse it. Rank 0 owns every file.
+    worker = is_worker()
+    run_dir = Path(out) if worker else prepare_run_dir(out, resume=resume, overwrite=overwrite)
     if resume and (run_dir / CONFIG_FILE).is_file():
         config = load_run_config(run_dir / CONFIG_FILE)
     config = resolve_data(config, run_dir)
-    save_run_config(config, run_dir / CONFIG_FILE, provenance())
-    if splits is not None and not (run_dir / SPLITS_FILE).is_file():
+    if not worker:
+        save_run_config(config, run_dir / CONFIG_FILE, provenance())
+    if splits is not None and not worker and not (run_dir / SPLITS_FILE).is_file():
         splits.save(run_dir / SPLITS_FILE)
     splits = load_or_make_splits(config, run_dir)
     _check_splits(splits, config)
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     train_dl, val_dl = build_loaders(config, splits)
-    steps = max(1, len(train_dl))
-    module = SegmentationModule(
-        model=config.model.model_dump(mode="json"), train=config.train.model_dump(mode="json"),
-        in_channels=config.data.channels, steps_per_epoch=steps,
-    )
+    if config.data.cache:
+        # Decode every image now: a corrupt file fails here, naming it, instead of epochs
+        # later. The cache keeps what was read, and forked DataLoader workers share it.
+        train_dl.dataset.preload()
+        val_dl.dataset.preload()
     ckpt = run_dir / LAST_CKPT
     ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
+    if ckpt_path:
+        check_checkpoint(ckpt, config, run_dir / CONFIG_FILE)
     with _quiet_lightning():
-        trainer = build_trainer(config, run_dir, progress=progress, steps=steps)
-        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+        trainer = build_trainer(config, run_dir, progress=progress, steps=max(1, len(train_dl)))
+        steps = steps_per_process(
+            len(train_dl.sampler), train_dl.batch_size, train_dl.drop_last, trainer.world_size
+        )
+        module = SegmentationModule(
+            model=config.model.model_dump(mode="json"),
+            train=config.train.model_dump(mode="json"),
+            in_channels=config.data.channels, steps_per_epoch=steps,
+        )
+        with interruptible(trainer, run_dir):
+            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     if not (run_dir / BEST_CKPT).is_file() and trainer.is_global_zero:
         raise RunError(f"{run_dir}: training ended without a checkpoint.")
     return run_dir
@@ -211,7 +249,14 @@ def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: in
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor="val_dice", mode="max",
-            save_last=True, save_top_k=1, enable_version_counter=False,
+            save_top_k=1, enable_version_counter=False,
+        ),
+        # last.ckpt every epoch, from its own callback: Lightning 2.6's save_last=True writes
+        # it only in epochs that improve the best score, so a resume would replay every
+        # epoch since then. Listed after "best" so that it stores the updated best score.
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+            save_on_train_epoch_end=True, enable_version_counter=False,
         ),
         MetricsCSV(run_dir / "metrics.csv"),
     ]
@@ -236,6 +281,9 @@ def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: in
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         logger=False,
+        # The training sampler shards itself; every process validates every image, so
+        # val Dice is exact (a DistributedSampler would pad odd counts with duplicates).
+        use_distributed_sampler=False,
         enable_progress_bar=interactive,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -258,6 +306,8 @@ class _quiet_lightning:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*litlogger.*")
         warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
+        # Expected when resuming: the folder holds the checkpoints being continued.
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
     def __exit__(self, *exc: object) -> None:
         self._warn.__exit__(*exc)
