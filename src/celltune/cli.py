@@ -301,7 +301,7 @@ def train(
     if result.summary:
         s = result.summary
         console.print(
-            f"[bold]{cfg.model.name}[/]: threshold {result.threshold:.2f}, test Dice "
+            f"[bold]{s.get('model', cfg.model.name)}[/]: threshold {result.threshold:.2f}, test Dice "
             f"{s['dice']:.3f}, IoU {s['iou']:.3f}, F1@0.5 {s['f1_iou50']:.3f} "
             f"({s['n_images']} images)"
         )
@@ -542,9 +542,10 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 
 def _fail(message: str, code: int) -> None:
+    from rich.console import Console
     from rich.markup import escape
 
-    _console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
