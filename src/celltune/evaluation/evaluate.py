@@ -129,7 +129,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split``; returns the summary (also written to disk)."""
     from celltune.config import load_run_config
-    from celltune.evaluation.instances import label_instances
+    from celltune.evaluation.instances import label_instances_tiled
     from celltune.inference.predict import Predictor
 
     run = Path(run)
@@ -146,7 +146,7 @@ def evaluate_run(
         mask = prob >= predictor.threshold
         counts = confusion(mask, to_binary(labels))
         # F1 at IoU 0.5, 0.55, ..., 0.9; the first entry is the challenge's F1.
-        inst = instance_scores(labels, label_instances(mask, method=instance_method))
+        inst = instance_scores(labels, label_instances_tiled(mask, method=instance_method))
         rows.append({
             "name": sample.name, "dice": dice(counts), "iou": iou(counts), **counts._asdict(),
             "cells_true": inst["n_gt"], "cells_pred": inst["n_pred"],

@@ -24,7 +24,6 @@ OVERLAY_MAX_SIDE = 2048
 OUTLINE_RGB = (255, 40, 40)
 #: Masks above this many pixels are labelled in bands (see :func:`label_in_bands`).
 BAND_PIXELS = 4_000_000
-_BAND_MARGIN = 32
 _GLOB_CHARS = set("*?[")
 
 
@@ -102,40 +101,18 @@ def label_in_bands(
     """:func:`~celltune.evaluation.instances.label_instances` with memory bounded for huge masks.
 
     The watershed needs about 100 bytes per pixel (7 GB at 8192×8192). Above ``band_pixels``
-    the mask is cut into horizontal bands; every connected region is labelled in the band
-    where it starts, in a crop holding all of it plus a 32-row margin, so no region is split
-    by a band edge. The cells are those of labelling the whole mask, numbered differently; a
-    few pixels on the line between two touching cells may go to the other cell, because the
-    watershed breaks ties in raster order. A region taller than a band makes its crop taller:
-    memory is bounded by the largest region, not by the band alone.
+    the mask is labelled window by window
+    (:func:`~celltune.evaluation.instances.label_instances_tiled`), so memory is bounded by
+    one window even when the whole slide is one confluent region.
     """
-    from scipy import ndimage as ndi
-
-    from celltune.evaluation.instances import label_instances
+    from celltune.evaluation.instances import label_instances, label_instances_tiled
 
     if mask.size <= band_pixels or method == "components":
         return label_instances(mask, method=method, min_size=min_size)
-    regions, n_regions = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n_regions == 0:
-        return np.zeros(mask.shape, dtype=np.int32)
-    rows = np.array([(o[0].start, o[0].stop) for o in ndi.find_objects(regions)])
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    height, band = mask.shape[0], max(1, band_pixels // mask.shape[1])
-    next_id = 0
-    for y in range(0, height, band):
-        ids = np.flatnonzero((rows[:, 0] >= y) & (rows[:, 0] < y + band)) + 1
-        if not ids.size:
-            continue
-        top, bottom = max(0, y - _BAND_MARGIN), min(height, rows[ids - 1, 1].max() + _BAND_MARGIN)
-        cells = label_instances(mask[top:bottom], method=method, min_size=min_size)
-        own = np.isin(regions[top:bottom], ids)
-        found = np.unique(cells[own])
-        found = found[found > 0]
-        lut = np.zeros(int(cells.max()) + 1, dtype=np.int32)
-        lut[found] = np.arange(next_id + 1, next_id + 1 + found.size, dtype=np.int32)
-        labels[top:bottom][own] = lut[cells[own]]
-        next_id += found.size
-    return labels
+    tile = max(64, int(band_pixels**0.5))
+    return label_instances_tiled(
+        mask, method=method, min_size=min_size, tile=tile, margin=min(128, tile // 2)
+    )
 
 
 def shrink_step(height: int, width: int, max_side: int = OVERLAY_MAX_SIDE) -> int:
