@@ -158,3 +158,58 @@ def test_two_row_study_writes_the_report(synth_root, tmp_path):
     stamps = [(out / n / "done.json").stat().st_mtime_ns for n in ("unet", "plain")]
     run_study(study, out, resume=True, progress=False)
     assert stamps == [(out / n / "done.json").stat().st_mtime_ns for n in ("unet", "plain")]
+
+
+def test_unvalidated_last_epoch_is_validated_at_the_end(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, epochs=3, val_every=2)
+    result = run_pipeline(cfg, tmp_path / "every2", progress=False)
+    rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
+    val = [float(r["val_dice"]) for r in rows]
+    assert math.isnan(val[0]) and not math.isnan(val[1])
+    assert not math.isnan(val[2])  # epoch 3 validated after training ended
+
+
+class _Sized:
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def load(self, i):
+        return np.zeros((*self.shapes[i], 1), np.float32), None
+
+
+def test_auto_validation_interval_follows_pixel_counts(synth_root):
+    from celltune.training.fit import VALIDATION_SHARE, resolve_val_every
+
+    cfg = tiny_config(synth_root, val_every="auto")  # crop 64
+    train = _Sized([(64, 64)] * 100)  # 100 crops of 64² per epoch
+    small_val = _Sized([(64, 64)] * 2)
+    assert resolve_val_every(cfg, train, small_val) == 1
+    # Ten 1000x1300 images: validation pixels are ~32x one epoch of crop pixels.
+    big_val = _Sized([(1000, 1300)] * 10)
+    expected = math.ceil(13_000_000 / (VALIDATION_SHARE * 3 * 100 * 64 * 64))
+    assert resolve_val_every(cfg, train, big_val) == expected > 1
+    fixed = tiny_config(synth_root, val_every=3)
+    assert resolve_val_every(fixed, train, big_val) == 3
+
+
+def test_large_validation_images_are_tiled_with_the_same_dice():
+    from celltune.training.module import SegmentationModule, _dice
+
+    module = SegmentationModule(
+        model={"name": "unet_plain", "options": {"tiny": True}},
+        train={"channels_last": False}, val_tile=32,
+    ).eval()
+    # A pointwise network makes tiled and whole-image probabilities identical, so the
+    # tiled Dice must equal the Dice of the thresholded image exactly.
+    net = torch.nn.Conv2d(1, 1, 1)
+    net.weight.data.fill_(10.0)
+    net.bias.data.fill_(-5.0)
+    module.net = net
+    image = torch.rand(1, 1, 96, 136, generator=torch.Generator().manual_seed(0))
+    mask = (torch.rand(1, 1, 96, 136, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    module._validate_tiled(image, mask, [(90, 130)])
+    expected = _dice(image[0, 0, :90, :130] > 0.5, mask[0, 0, :90, :130] > 0.5)
+    assert module._val_dice.pop() == pytest.approx(expected, abs=1e-9)

@@ -89,7 +89,11 @@ class TrainConfig(_Section):
     loss: str = Field("bce_dice", description="bce_dice, dice, focal, bce, ce")
     aug: str = Field("aug1", description="augmentation preset: none, aug1, aug2")
     patience: int | None = Field(None, ge=1, description="early stopping on val Dice (epochs)")
-    val_every: int = Field(1, ge=1, description="validate every this many epochs")
+    val_every: int | Literal["auto"] = Field(
+        "auto",
+        description="validate every this many epochs; auto keeps validation near 15% of the "
+        "training compute (whole-image validation of large images is costly on a CPU)",
+    )
     grad_clip: float | None = Field(1.0, gt=0)
     precision: str = Field("auto", description="auto, 32, bf16-mixed, 16-mixed")
     seed: int = 0
@@ -98,6 +102,13 @@ class TrainConfig(_Section):
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     channels_last: bool = True
+
+    @field_validator("val_every")
+    @classmethod
+    def _positive_interval(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"val_every must be 'auto' or at least 1, got {v}")
+        return v
     compile: bool = False
 
 

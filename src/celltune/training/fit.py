@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -211,18 +212,21 @@ def fit(
     ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
     if ckpt_path:
         check_checkpoint(ckpt, config, run_dir / CONFIG_FILE)
+    val_every = resolve_val_every(config, train_dl.dataset, val_dl.dataset)
     with _quiet_lightning():
-        trainer = build_trainer(config, run_dir, progress=progress, steps=max(1, len(train_dl)))
+        trainer = build_trainer(config, run_dir, progress=progress, steps=max(1, len(train_dl)),
+                                val_every=val_every)
         steps = steps_per_process(
             len(train_dl.sampler), train_dl.batch_size, train_dl.drop_last, trainer.world_size
         )
         module = SegmentationModule(
             model=config.model.model_dump(mode="json"),
             train=config.train.model_dump(mode="json"),
-            in_channels=config.data.channels, steps_per_epoch=steps,
+            in_channels=config.data.channels, steps_per_epoch=steps, val_tile=config.eval.tile,
         )
         with interruptible(trainer, run_dir):
             trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+            validate_final(trainer, module, val_dl, run_dir)
     if not (run_dir / BEST_CKPT).is_file() and trainer.is_global_zero:
         raise RunError(f"{run_dir}: training ended without a checkpoint.")
     return run_dir
@@ -239,7 +243,52 @@ def _check_splits(splits: Splits, config: RunConfig) -> None:
             )
 
 
-def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: int) -> Any:
+#: Share of the training compute that automatic validation scheduling allows for validation.
+VALIDATION_SHARE = 0.15
+
+
+def resolve_val_every(config: RunConfig, train_ds: Any, val_ds: Any) -> int:
+    """Epochs between validations; ``auto`` keeps validation near 15% of training compute.
+
+    A training step costs about three forward passes (forward and backward) per crop pixel,
+    validation one forward pass per image pixel, so the ratio of pixel counts decides. The
+    result depends only on the data and the config, never on timing, so runs stay
+    reproducible.
+    """
+    every = config.train.val_every
+    if every != "auto":
+        return int(every)
+    val_pixels = sum(math.prod(val_ds.load(i)[0].shape[:2]) for i in range(len(val_ds)))
+    train_pixels = 3 * len(train_ds) * config.data.crop**2
+    return max(1, math.ceil(val_pixels / (VALIDATION_SHARE * max(train_pixels, 1))))
+
+
+def validate_final(trainer: Any, module: Any, val_dl: Any, run_dir: Path) -> None:
+    """Validate the final weights when the last epoch was not validated (interval, time limit).
+
+    With a cosine schedule the last weights are usually the best ones; without this they
+    could never become ``best.ckpt`` when training stops between two validations.
+    """
+    from celltune.training.callbacks import MetricsCSV
+
+    metrics = next((c for c in trainer.callbacks if isinstance(c, MetricsCSV)), None)
+    if metrics is None or not metrics.rows or not math.isnan(metrics.rows[-1]["val_dice"]):
+        return
+    best_cb = trainer.checkpoint_callback
+    result = trainer.validate(module, val_dl, verbose=False)[0]
+    score = float(result["val_dice"])
+    metrics.rows[-1]["val_dice"] = score
+    metrics.rows[-1]["val_loss"] = float(result.get("val_loss", math.nan))
+    if trainer.is_global_zero:
+        metrics.write()
+    best = best_cb.best_model_score if best_cb is not None else None
+    if best is None or score > float(best):
+        trainer.save_checkpoint(run_dir / BEST_CKPT)
+
+
+def build_trainer(
+    config: RunConfig, run_dir: Path, *, progress: bool, steps: int, val_every: int = 1
+) -> Any:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -274,7 +323,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, progress: bool, steps: in
         strategy=t.strategy,
         precision=auto_precision(t.accelerator, t.precision),
         max_epochs=t.epochs,
-        check_val_every_n_epoch=t.val_every,
+        check_val_every_n_epoch=val_every,
         max_time={"minutes": t.max_time} if t.max_time else None,
         gradient_clip_val=t.grad_clip,
         callbacks=callbacks,

@@ -60,6 +60,7 @@ class SegmentationModule(L.LightningModule):
         train: dict[str, Any],
         in_channels: int = 1,
         steps_per_epoch: int = 1,
+        val_tile: int = 512,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -68,6 +69,8 @@ class SegmentationModule(L.LightningModule):
         self.net = build_network(self.model_cfg, in_channels)
         self.loss_fn = build_loss(self.train_cfg.loss, self.model_cfg.head)
         self.steps_per_epoch = max(1, steps_per_epoch)
+        # Validation images with more pixels than (2 * val_tile)² are predicted in tiles.
+        self.val_tile = int(val_tile)
         self._val_dice: list[float] = []
         self._fit_started: float | None = None
 
@@ -105,6 +108,9 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
+        if any(h * w > (2 * self.val_tile) ** 2 for h, w in batch["size"]):
+            self._validate_tiled(image, mask, batch["size"])
+            return
         logits = self(self._prepare(image))
         for i, (h, w) in enumerate(batch["size"]):
             lg = logits[i : i + 1, :, :h, :w]
@@ -113,8 +119,25 @@ class SegmentationModule(L.LightningModule):
             self.log("val_loss", loss, on_epoch=True, prog_bar=False, batch_size=1,
                      sync_dist=True)
             pred = foreground_probability(lg)[0] > 0.5
-            truth = (tg[0, 0] > 0.5) if tg.dim() == 4 else (tg[0] == 1)
-            self._val_dice.append(_dice(pred, truth))
+            self._val_dice.append(_dice(pred, _truth(tg)))
+
+    def _validate_tiled(self, image: torch.Tensor, mask: torch.Tensor, sizes: Any) -> None:
+        """Large images: sliding-window probabilities, so memory stays bounded by the tile.
+
+        Only Dice is recorded for them; the validation loss averages the images that fit.
+        """
+        from celltune.inference.tiling import predict_tiled
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return foreground_probability(self(self._prepare(x)))[:, None]
+
+        for i, (h, w) in enumerate(sizes):
+            prob = predict_tiled(
+                forward, image[i, :, :h, :w].cpu().numpy(), out_channels=1,
+                tile=self.val_tile, overlap=0.25, batch_size=2, device=self.device,
+            )[0]
+            pred = torch.from_numpy(prob > 0.5)
+            self._val_dice.append(_dice(pred, _truth(mask[i : i + 1, ..., :h, :w]).cpu()))
 
     def on_validation_epoch_end(self) -> None:
         values = torch.tensor(self._val_dice or [0.0], device=self.device)
@@ -147,6 +170,11 @@ class SegmentationModule(L.LightningModule):
             progress = max(progress, elapsed / cfg.max_time)
         warmup = cfg.warmup_epochs / max(cfg.epochs, 1)
         return lr_factor(progress, min(warmup, 0.5))
+
+
+def _truth(target: torch.Tensor) -> torch.Tensor:
+    """Boolean foreground of a ``(1, 1, H, W)`` binary or ``(1, H, W)`` class target."""
+    return (target[0, 0] > 0.5) if target.dim() == 4 else (target[0] == 1)
 
 
 def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
