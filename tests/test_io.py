@@ -248,7 +248,7 @@ def test_real_neurips_samples(shared_data):
         labels = read_label(root / "labels" / f"{name.split('.')[0]}_label.tiff", shape=shape[:2])
         assert labels.max() > 0
         norm = normalize(img)
-        assert 0.0 <= norm.min() and norm.max() <= 1.0
+        assert norm.min() >= 0.0 and norm.max() <= 1.0
     raw = read_image(root / "images" / "cell_00528.tif")
     assert raw.min() >= 27199  # the 16-bit image with a high floor
     norm = normalize(raw)

@@ -94,7 +94,7 @@ def test_per_image_scores_recomputed_from_the_predictor(tiny_run):
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_run, synth_root):
-    with pytest.raises(RunError, match="--resume .* --overwrite"):
+    with pytest.raises(RunError, match=r"--resume .* --overwrite"):
         run_pipeline(tiny_config(synth_root), tiny_run.run_dir, progress=False)
 
 
