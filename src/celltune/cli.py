@@ -195,14 +195,19 @@ def models_cmd(
 
     table = Table(title=f"celltune models (GFLOPs at 1×{size}×{size}; {FLOP_CONVENTION})")
     rows = models_table(size=size)
-    for column in ("name", "params (M)", "GFLOPs", "input size", "default weights", "about"):
+    for column in ("name", "params (M)", "GFLOPs", "input size", "study weights", "about"):
         table.add_column(column, justify="right" if column in ("params (M)", "GFLOPs") else "left")
     for r in rows:
         table.add_row(
             r["name"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", str(r["input_rule"]),
             str(r["default_weights"]), str(r.get("description", "")),
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    console.print(
+        "Study weights are what the published study used; `celltune train` starts from "
+        "--weights none unless told otherwise, so it never needs the network."
+    )
 
 
 def _train_overrides(**values: Any) -> dict[str, Any]:
