@@ -118,3 +118,20 @@ def test_preview_grid_accepts_rgb_and_none_preset():
     image, labels = blob_pair()
     fig = preview_grid(np.repeat(image, 3, axis=-1), labels, "none", n=2)
     assert len([ax for ax in fig.axes if ax.images]) == 2
+
+
+def test_uneven_illumination_adds_a_smooth_field_only_to_the_image():
+    import albumentations as A
+
+    from celltune.data.augment import UnevenIllumination
+
+    compose = A.Compose([UnevenIllumination(amplitude=(0.1, 0.1), p=1.0)])
+    compose.set_random_seed(3)
+    image = np.full((64, 80, 1), 0.5, np.float32)
+    mask = np.zeros((64, 80), np.uint8)
+    mask[10:20, 10:20] = 1
+    out = compose(image=image, mask=mask)
+    delta = out["image"][..., 0] - 0.5
+    assert np.abs(delta).max() == pytest.approx(0.1, abs=0.02)  # peak inside or near the field
+    assert np.abs(np.diff(delta, axis=1)).max() < 0.02  # smooth: no edges that look like cells
+    np.testing.assert_array_equal(out["mask"], mask)

@@ -11,56 +11,26 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import tiny_runs
 from celltune.cli import app
-from celltune.config import RunConfig, save_run_config
 from celltune.errors import ConfigError, RunError
 from celltune.inference.export import ExportError, export_model, export_run, parse_size
 from celltune.inference.predict import Predictor
 from celltune.io import normalize
 from celltune.models import create_model
-from celltune.training.module import build_network
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 
 MEAN, STD = 0.449, 0.226  # ImageNet statistics averaged for one channel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and oversubscribed cores slow them 100-fold.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def make_run(
-    root: Path, *, name: str = "unet", head: str = "binary", threshold: float = 0.37
-) -> Path:
+def make_run(root: Path, *, name: str = "unet", head: str = "binary", threshold: float = 0.37) -> Path:
     """A tiny run folder whose network carries ImageNet-style input normalisation."""
-    cfg = RunConfig.model_validate(
-        {"name": "tiny", "model": {"name": name, "head": head, "options": {"tiny": True}}}
+    return tiny_runs.make_run(
+        root, name=name, head=head, threshold=threshold, mean=MEAN, std=STD
     )
-    torch.manual_seed(0)
-    net = build_network(cfg.model, 1)
-    net.mean.fill_(MEAN)
-    net.std.fill_(STD)
-    run = root / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save(
-        {
-            "hyper_parameters": {
-                "model": cfg.model.model_dump(mode="json"),
-                "train": cfg.train.model_dump(mode="json"),
-                "in_channels": 1,
-            },
-            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        },
-        run / "checkpoints" / "best.ckpt",
-    )
-    save_run_config(cfg, run / "config.yaml")
-    (run / "threshold.json").write_text(json.dumps({"best_threshold": threshold}))
-    return run
 
 
 @pytest.fixture(scope="module")

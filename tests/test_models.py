@@ -22,14 +22,6 @@ NAMES = ["pspnet", "swin_unet", "unet", "unet_plain", "unet_plain_bn", "unetplus
 CASES = [(n, h, c) for n in NAMES for h in ("binary", "two_class") for c in (1, 3)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on shared cores: OpenMP workers spinning against other processes make
-    # small ops ten times slower than a single thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _fixed_batch(in_channels: int, head: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,59 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from celltune.cli import app
-from celltune.config import RunConfig, save_run_config
 from celltune.errors import ConfigError, DataError, RunError
 from celltune.evaluation.instances import label_instances
 from celltune.inference.batch import predict_files
 from celltune.inference.files import label_in_bands, outlines
 from celltune.inference.predict import Predictor
 from celltune.io import normalize
-from celltune.training.module import build_network
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and oversubscribed cores slow them 100-fold.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_run(
-    root: Path,
-    *,
-    name: str = "unet_plain",
-    head: str = "binary",
-    threshold: float = 0.5,
-    seed: int = 0,
-) -> Path:
-    """A tiny run folder in the layout training leaves: config, Lightning checkpoint, threshold."""
-    cfg = RunConfig.model_validate(
-        {
-            "name": "tiny",
-            "model": {"name": name, "head": head, "options": {"tiny": True}},
-            "eval": {"tile": 64, "overlap": 0.25, "batch_size": 2},
-        }
-    )
-    torch.manual_seed(seed)
-    net = build_network(cfg.model, 1)
-    run = root / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save(
-        {
-            "hyper_parameters": {
-                "model": cfg.model.model_dump(mode="json"),
-                "train": cfg.train.model_dump(mode="json"),
-                "in_channels": 1,
-            },
-            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        },
-        run / "checkpoints" / "best.ckpt",
-    )
-    save_run_config(cfg, run / "config.yaml")
-    (run / "threshold.json").write_text(json.dumps({"best_threshold": threshold}))
-    return run
+from tiny_runs import make_run
 
 
 @pytest.fixture(scope="module")

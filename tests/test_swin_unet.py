@@ -12,12 +12,6 @@ from celltune.models.swin_unet import SwinBlock, SwinUNet, window_mask
 M = -100.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops on shared cores: threads only spin
-    yield
-    torch.set_num_threads(before)
 
 
 def _block(shifted: bool, window: int = 8, dim: int = 8) -> SwinBlock:

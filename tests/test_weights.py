@@ -21,14 +21,6 @@ from celltune.models.weights import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared cores: threads only spin
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def resnet34_state() -> dict[str, torch.Tensor]:
     """A torchvision resnet34 state dict (random, seeded), classifier included."""

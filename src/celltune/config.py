@@ -87,7 +87,11 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(1.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     loss: str = Field("bce_dice", description="bce_dice, dice, focal, bce, ce")
-    aug: str = Field("aug1", description="augmentation preset: none, aug1, aug2")
+    aug: str = Field(
+        "aug2",
+        description="augmentation preset: none, aug1, aug2 (intensity augmentation makes "
+        "models robust to the background and illumination changes between datasets)",
+    )
     patience: int | None = Field(None, ge=1, description="early stopping on val Dice (epochs)")
     val_every: int | Literal["auto"] = Field(
         "auto",

@@ -53,13 +53,58 @@ def _none() -> list[A.BasicTransform]:
     return []
 
 
+class UnevenIllumination(A.ImageOnlyTransform):
+    """Add a smooth Gaussian glow or shadow: out-of-focus light, uneven widefield background.
+
+    Real images from other microscopes often have a background that is not flat; a model
+    trained only on flat backgrounds mistakes the glow for cells.
+
+    Args:
+        amplitude: range of the peak change, in units of the [0, 1] intensity scale.
+        sigma: range of the glow's width, as a fraction of the image side.
+        p: probability of applying the transform.
+    """
+
+    def __init__(
+        self,
+        amplitude: tuple[float, float] = (0.03, 0.2),
+        sigma: tuple[float, float] = (0.2, 0.8),
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(p=p)
+        self.amplitude = amplitude
+        self.sigma = sigma
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        h, w = params["shape"][:2]
+        rng = self.random_generator
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        return {
+            "centre": (rng.uniform(0, h), rng.uniform(0, w)),
+            "width": rng.uniform(*self.sigma) * max(h, w),
+            "peak": sign * rng.uniform(*self.amplitude),
+        }
+
+    def apply(self, img: np.ndarray, centre=(0.0, 0.0), width=1.0, peak=0.0, **_: object):
+        h, w = img.shape[:2]
+        yy = (np.arange(h, dtype=np.float32) - centre[0])[:, None]
+        xx = (np.arange(w, dtype=np.float32) - centre[1])[None, :]
+        field = peak * np.exp(-(yy**2 + xx**2) / (2.0 * width**2))
+        return img + (field[..., None] if img.ndim == 3 else field).astype(img.dtype)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("amplitude", "sigma")
+
+
 @AUGMENTATIONS.register("aug1", description="flips and 90° rotations")
 def _aug1() -> list[A.BasicTransform]:
     return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
 
 
 @AUGMENTATIONS.register(
-    "aug2", description="aug1 + affine, elastic, brightness/contrast/gamma, blur, noise"
+    "aug2",
+    description="aug1 + affine, elastic, brightness/contrast/gamma, uneven illumination, "
+    "blur, noise",
 )
 def _aug2() -> list[A.BasicTransform]:
     geometric = [
@@ -77,6 +122,7 @@ def _aug2() -> list[A.BasicTransform]:
     intensity = [
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.2, p=0.5),
         A.RandomGamma(gamma_limit=(80, 125), p=0.3),
+        UnevenIllumination(p=0.3),
         A.GaussianBlur(sigma_limit=(0.3, 1.2), p=0.2),
         A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
     ]
