@@ -52,15 +52,20 @@ def steady_rate(stamps: list[float], warmup: int, items: int) -> float:
 
 
 def interleaved_medians(passes: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each pass, alternating between them so drift hits all alike."""
+    """Median seconds of each pass, alternating between them so drift hits all alike.
+
+    A pass that returns a float reports its own duration (one timed in another process);
+    otherwise its wall-clock time here is taken.
+    """
     for run in passes.values():  # warm-up: lazy initialisation, allocator, kernel choice
         run()
     seconds: dict[str, list[float]] = {key: [] for key in passes}
     for _ in range(repeats):
         for key, run in passes.items():
             start = time.perf_counter()
-            run()
-            seconds[key].append(time.perf_counter() - start)
+            reported = run()
+            elapsed = time.perf_counter() - start
+            seconds[key].append(reported if isinstance(reported, float) else elapsed)
     return {key: statistics.median(values) for key, values in seconds.items()}
 
 

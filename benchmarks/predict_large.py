@@ -156,12 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     if args.instances != "none":
-        from celltune.evaluation.instances import label_instances
+        # The labelling `celltune predict` uses: tiled above 4 Mpx, bounded by one window.
+        from celltune.inference.files import label_in_bands
 
         mask = result.mask
         del result, image
         start = time.perf_counter()
-        labels = label_instances(mask, method=args.instances)
+        labels = label_in_bands(mask, args.instances, min_size=16)
         print(
             f"instances ({args.instances}): {time.perf_counter() - start:.1f} s, "
             f"{int(labels.max())} cells; peak RSS {peak_rss_mib():.0f} MiB"

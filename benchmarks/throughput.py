@@ -1,8 +1,8 @@
 """Training and inference throughput of celltune against naive PyTorch, in one run.
 
-For every model, on one machine and in one process: training images/s through celltune's real
-path (``build_loaders`` -> ``SegmentationModule`` -> ``build_trainer``'s ``Trainer.fit``) and
-through a naive fp32 loop; inference megapixels/s of ``Predictor.predict_proba`` and of naive
+For every model, on one machine in one run: training images/s through celltune's real path
+(``build_loaders`` -> ``SegmentationModule`` -> ``build_trainer``'s ``Trainer.fit``) and through
+a naive fp32 loop (in a process of its own: ``_naive.py``); inference megapixels/s of ``Predictor.predict_proba`` and of naive
 ``model(x)``; achieved GFLOP/s (``torch.utils.flop_counter``) over a matmul peak timed in the
 same run; and the training DataLoader alone. :data:`METHOD_NOTES` says exactly how each number
 is taken; it is printed under the table in BENCHMARKS.md.
@@ -26,7 +26,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,12 +44,12 @@ from _common import (
     versions,
     write_section,
 )
+from _naive import NaiveProcess, build_model, inference_pass, prepare_inference, training_rate
 
 from celltune.config import RunConfig
 from celltune.data.samples import Sample, Splits
 from celltune.inference.predict import Predictor
 from celltune.io import normalize
-from celltune.models import create_model
 from celltune.training.fit import _quiet_lightning, auto_precision, build_loaders, build_trainer
 from celltune.training.module import SegmentationModule
 
@@ -133,12 +132,6 @@ class StepTimer(L.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def build_model(name: str, s: Settings) -> torch.nn.Module:
-    torch.manual_seed(0)  # both contestants start from identical weights
-    options = {"tiny": True} if s.tiny else {}
-    return create_model(name, in_channels=1, head="binary", **options).to(s.device)
-
-
 def write_training_data(root: Path, s: Settings) -> Splits:
     """Synthetic 16-bit images with labels; the first image is the validation split."""
     from celltune.data.synthetic import write_dataset
@@ -202,29 +195,13 @@ def loader_rate(config: RunConfig, splits: Splits, s: Settings) -> float:
     return steady_rate(stamps, s.warmup, s.batch_size)
 
 
-def naive_training(name: str, s: Settings) -> float:
-    """Images/s of a textbook loop: fp32, default layout, Adam, one in-memory batch."""
-    model = build_model(name, s).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(s.batch_size, 1, s.size, s.size, device=s.device)
-    y = (torch.rand_like(x) > 0.7).float()
-    stamps = []
-    for _ in range(s.warmup + s.steps):
-        opt.zero_grad()
-        F.binary_cross_entropy_with_logits(model(x), y).backward()
-        opt.step()
-        synchronize(s.device)
-        stamps.append(time.perf_counter())
-    return steady_rate(stamps, s.warmup, s.batch_size)
-
-
 def flops_per_image(name: str, s: Settings) -> tuple[float, float]:
     """FLOPs of one training step (fwd+bwd) and one forward, per image of ``size``².
 
     Counted on a batch of two (PSPNet's 1×1 pooling branch cannot normalise a batch of one
     in training mode); convolution and matmul FLOPs scale linearly with the batch.
     """
-    model = build_model(name, s)
+    model = build_model(name, s.tiny, s.device)
     x = torch.rand(2, 1, s.size, s.size, device=s.device)
     with FlopCounterMode(display=False) as train_count:
         model(x).float().square().mean().backward()
@@ -243,40 +220,53 @@ def image_to_tiles(image: np.ndarray, tile: int) -> torch.Tensor:
     )
 
 
-def inference_rates(name: str, s: Settings, image: np.ndarray) -> dict[str, float]:
+def inference_rates(
+    name: str, s: Settings, image: np.ndarray, naive: NaiveProcess
+) -> dict[str, float]:
     """Megapixels/s of ``Predictor.predict_proba`` and of naive batched ``model(x)``."""
-    naive_model = build_model(name, s).eval()
     predictor = Predictor(
-        build_model(name, s), tile=s.size, overlap=0.0, batch_size=s.batch_size, device=s.device
+        build_model(name, s.tiny, s.device), tile=s.size, overlap=0.0, batch_size=s.batch_size,
+        device=s.device,
     )
-    tiles = image_to_tiles(image, s.size).to(s.device)
+    tiles = image_to_tiles(image, s.size).numpy()
+    naive.call(prepare_inference, name, s.tiny, s.device, tiles, s.batch_size)
 
-    def naive() -> None:
-        with torch.no_grad():
-            for i in range(0, len(tiles), s.batch_size):
-                naive_model(tiles[i : i + s.batch_size])
+    def celltune() -> None:
+        predictor.predict_proba(image)
         synchronize(s.device)
 
     medians = interleaved_medians(
-        {"celltune": lambda: predictor.predict_proba(image), "naive": naive}, s.repeats
+        {"celltune": celltune, "naive": lambda: naive.call(inference_pass)}, s.repeats
     )
     return {key: image.size / 1e6 / sec for key, sec in medians.items()}
 
 
 def bench_model(
-    name: str, s: Settings, splits: Splits, image: np.ndarray, work: Path, peaks: dict[str, float]
+    name: str,
+    s: Settings,
+    splits: Splits,
+    image: np.ndarray,
+    work: Path,
+    peaks: dict[str, float],
 ) -> dict[str, Any]:
     """Every measurement for one model, as one table row."""
     config = run_config(name, s, work / "data")
     train_flops, infer_flops = flops_per_image(name, s)
     ct_train = celltune_training(config, splits, work / f"run-{name}", s)
-    naive_train = naive_training(name, s)
-    infer = inference_rates(name, s, image)
+    # A fresh reference process for each measurement: glibc adapts its mmap threshold to what
+    # a process has freed so far, so a reused process would carry one run's history into the next.
+    threads = torch.get_num_threads()
+    with NaiveProcess(threads) as naive:
+        naive_train = naive.call(
+            training_rate, name, s.tiny, s.device, s.batch_size, s.size, s.warmup, s.steps
+        )
+    with NaiveProcess(threads) as naive:
+        infer = inference_rates(name, s, image, naive)
     loader = loader_rate(config, splits, s)
     ct_peak = peaks[precision_key(auto_precision(accelerator(s), config.train.precision), s.device)]
     fp32_peak = peaks[precision_key("32-true", s.device)]
     px_flops = infer_flops / s.size**2
-    params = sum(p.numel() for p in build_model(name, s).parameters())
+    params = sum(p.numel() for p in build_model(name, s.tiny, s.device).parameters())
     return {
         "model": name,
         "params_m": params / 1e6,
@@ -352,10 +342,13 @@ METHOD_NOTES = """\
   (CropDataset, aug2, decoded-image cache) over synthetic 16-bit TIFFs, timed from the end of
   the last warm-up step to the end of the last step, so data loading, augmentation, logging,
   gradient clipping and the LR schedule are included. Naive = plain loop, fp32, default memory
-  format, `torch.optim.Adam`, BCE, one random batch already in memory.
+  format, `torch.optim.Adam`, BCE, one random batch already in memory, run in a spawned
+  process of its own with the C library's default `malloc` settings, as a user's own script
+  would run (celltune's path raises glibc's mmap threshold for its process: `celltune.runtime`).
 - *infer*: celltune = `Predictor.predict_proba` (tile = crop size, overlap 0, batch = batch
   size; includes normalisation, tiling, sigmoid and blending) on one synthetic image; naive =
-  `model(x)` under `no_grad` on the same tiles, pre-cut and in memory. With overlap 0 both run
+  `model(x)` under `no_grad` on the same tiles, pre-cut and in memory, in the naive process;
+  passes alternate between the two processes. With overlap 0 both run
   the network on exactly the same pixels (the predictor's default overlap of 0.25 costs more
   network work per pixel by design).
 - *% peak*: FLOPs counted by `torch.utils.flop_counter` (1 multiply-add = 2 FLOPs; one fwd+bwd

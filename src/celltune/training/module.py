@@ -17,6 +17,7 @@ import torch
 
 from celltune.config import ModelConfig, TrainConfig
 from celltune.errors import RunError
+from celltune.runtime import tune_allocator
 from celltune.training.losses import build_loss
 
 
@@ -93,8 +94,11 @@ class SegmentationModule(L.LightningModule):
         # Weights in channels_last too, not only the inputs: with inputs alone CPU training was
         # no faster than the default layout; with both, 1.23x (U-Net R34, 8x256², 2 threads,
         # benchmarks/throughput.py). Done before the optimiser and any DDP wrapper see them.
-        if self.train_cfg.channels_last and self.trainer.strategy.root_device.type == "cpu":
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        if self.train_cfg.channels_last and on_cpu:
             self.net.to(memory_format=torch.channels_last)
+        if on_cpu:
+            tune_allocator()  # 1.3x per step: see celltune.runtime
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
