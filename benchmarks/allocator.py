@@ -109,7 +109,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         child(args)
         return []
     import torch
-    from _common import command_line, machine_info, markdown_table, print_table, write_section
+    from _common import (
+        command_line,
+        machine_info,
+        markdown_table,
+        print_table,
+        timestamp,
+        write_section,
+    )
 
     rows = []
     for name in args.models:
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     body = "\n".join([
         "## C allocator: glibc defaults vs `celltune.runtime.tune_allocator`",
         "",
-        f"Machine: {machine}.",
+        f"Measured {timestamp()}. Machine: {machine}.",
         f"Command: `{command_line('benchmarks/allocator.py', argv)}`",
         f"Each cell: a fresh process, batch {args.batch_size}×{args.size}², median of "
         f"{args.steps} steps after 2 warm-up steps; naive fp32 loops (no Lightning, no "

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     baseline = peak_rss_mib()
     image = synthetic_image(args.size, args.seed)
+    torch.manual_seed(args.seed)  # the untrained weights decide the mask, so fix them too
     model = build(args.model)
     predictor = Predictor(
         model, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device="cpu"

@@ -205,3 +205,18 @@ def test_large_validation_images_are_tiled_with_the_same_dice():
     module._validate_tiled(image, mask, [(90, 130)])
     expected = _dice(image[0, 0, :90, :130] > 0.5, mask[0, 0, :90, :130] > 0.5)
     assert module._val_dice.pop() == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_compiled_training_leaves_a_checkpoint_that_loads_uncompiled(synth_root, tmp_path):
+    from celltune.cli import _train_overrides
+
+    assert _train_overrides(compile_model=True) == {"train": {"compile": True}}
+    result = run_pipeline(tiny_config(synth_root, epochs=1, compile=True), tmp_path / "c",
+                          progress=False)
+    state = torch.load(result.run_dir / "checkpoints/best.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert state and not any("_orig_mod" in key for key in state)
+    predictor = Predictor.from_run(result.run_dir)
+    image = read_image(json.loads((result.run_dir / "splits.json").read_text())["test"][0]["image"])
+    assert predictor.predict(image).mask.shape == image.shape[:2]

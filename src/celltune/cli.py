@@ -219,7 +219,7 @@ def _train_overrides(**values: Any) -> dict[str, Any]:
             "epochs": "epochs", "max_time": "max_time", "batch_size": "batch_size", "lr": "lr",
             "loss": "loss", "aug": "aug", "seed": "seed", "accelerator": "accelerator",
             "devices": "devices", "num_nodes": "num_nodes", "strategy": "strategy",
-            "precision": "precision", "patience": "patience",
+            "precision": "precision", "patience": "patience", "compile": "compile_model",
         },
     }
     out: dict[str, Any] = {}
@@ -270,6 +270,14 @@ def train(
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy (auto, ddp...).")] = None,
     precision: Annotated[
         str | None, typer.Option(help="auto, 32-true, bf16-mixed, 16-mixed.")
+    ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the network (about a minute of compiling first; pays on long "
+            "runs).",
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,

@@ -106,6 +106,11 @@ class TrainConfig(_Section):
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     channels_last: bool = True
+    compile: bool = Field(
+        False,
+        description="torch.compile the network: pays on long runs (inference 1.17x on a 2-core "
+        "CPU after about a minute of compiling); off by default",
+    )
 
     @field_validator("val_every")
     @classmethod
@@ -113,7 +118,6 @@ class TrainConfig(_Section):
         if isinstance(v, int) and v < 1:
             raise ValueError(f"val_every must be 'auto' or at least 1, got {v}")
         return v
-    compile: bool = False
 
 
 class ThresholdConfig(_Section):

@@ -5,8 +5,9 @@ automatically to at most 32 MiB) with a fresh ``mmap`` and hands it back to the 
 ``free``. A CPU training or inference step allocates and frees activations of tens of
 megabytes, so every step page-faults on memory the kernel must zero again: on the 2-core
 development machine that was 15-20% of the CPU time in the kernel. Keeping such blocks in the
-heap instead made a U-Net R34 training step (8x256², fp32) 1.34x faster and Swin-Unet
-inference 1.33x faster, for 5-15% more peak resident memory (``benchmarks/allocator.py``).
+heap instead made training steps (8x256², fp32) 1.13-1.40x faster and inference 1.30-1.44x
+faster for U-Net, U-Net++ and Swin-Unet, with peak resident memory between 5% lower and 21%
+higher (``benchmarks/allocator.py``, BENCHMARKS.md).
 
 :func:`tune_allocator` raises glibc's mmap and trim thresholds to 1 GiB with ``mallopt``. It
 does nothing on other C libraries, when the user already tuned glibc through its environment
