@@ -103,6 +103,19 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return outcome(run)
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Any:
+    """SIGINT handled as in a terminal, even in a session started with SIGINT ignored.
+
+    A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored,
+    so a signal sent by the test would never arrive; celltune rightly honours that setting.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _signal_in_step(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
     """Send ``sig`` to this process from inside training step ``step`` of ``epoch``, once."""
     original = SegmentationModule.training_step
@@ -118,7 +131,9 @@ def _signal_in_step(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_mid_epoch_then_resume(tmp_path, monkeypatch, reference, sig, code) -> None:
+def test_signal_mid_epoch_then_resume(
+    tmp_path, monkeypatch, reference, sig, code, ctrl_c_raises
+) -> None:
     run = tmp_path / "run"
     cfg = RunConfig.model_validate(CONFIG)
     handler = signal.getsignal(signal.SIGINT)
@@ -190,7 +205,11 @@ def cli_reference(cli_config: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
-def test_cli_train_killed_mid_epoch_resumes(tmp_path, cli_config, cli_reference, sig) -> None:
+def test_cli_train_killed_mid_epoch_resumes(
+    tmp_path, cli_config, cli_reference, sig, ctrl_c_raises
+) -> None:
+    # ctrl_c_raises: a caught signal is reset to its default in the child at exec, an ignored
+    # one would stay ignored there.
     run = tmp_path / "run"
     proc = subprocess.Popen(
         _train_cmd(cli_config, run),
@@ -231,7 +250,7 @@ def test_cli_train_killed_mid_epoch_resumes(tmp_path, cli_config, cli_reference,
 # --- a study interrupted in its second row ---------------------------------------------------------
 
 
-def test_study_interrupted_in_second_row_resumes(tmp_path, monkeypatch) -> None:
+def test_study_interrupted_in_second_row_resumes(tmp_path, monkeypatch, ctrl_c_raises) -> None:
     from celltune.study import run_study
 
     defaults = {k: v for k, v in CONFIG.items() if k != "model"}

@@ -4,7 +4,7 @@ glibc's ``malloc`` serves every block above its mmap threshold (128 KiB at start
 automatically to at most 32 MiB) with a fresh ``mmap`` and hands it back to the kernel on
 ``free``. A CPU training or inference step allocates and frees activations of tens of
 megabytes, so every step page-faults on memory the kernel must zero again: on the 2-core
-development machine that was 15-20% of the CPU time in the kernel. Keeping such blocks in the
+development machine that was 12-29% of the CPU time in the kernel. Keeping such blocks in the
 heap instead made training steps (8x256², fp32) 1.13-1.40x faster and inference 1.30-1.44x
 faster for U-Net, U-Net++ and Swin-Unet, with peak resident memory between 5% lower and 21%
 higher (``benchmarks/allocator.py``, BENCHMARKS.md).
