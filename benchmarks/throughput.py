@@ -4,8 +4,9 @@ For every model, on one machine in one run: training images/s through celltune's
 (``build_loaders`` -> ``SegmentationModule`` -> ``build_trainer``'s ``Trainer.fit``) and through
 a naive fp32 loop (in a process of its own: ``_naive.py``); inference megapixels/s of
 ``Predictor.predict_proba`` and of naive ``model(x)``; achieved GFLOP/s
-(``torch.utils.flop_counter``) over a matmul peak timed in the same run; and the training DataLoader alone. :data:`METHOD_NOTES` says exactly how each number
-is taken; it is printed under the table in BENCHMARKS.md.
+(``torch.utils.flop_counter``) over a matmul peak timed in the same run; and the training
+DataLoader alone. :data:`METHOD_NOTES` says exactly how each number is taken; it is printed
+under the table in BENCHMARKS.md.
 
 Example:
     python benchmarks/throughput.py                        # all models, 8x256², writes BENCHMARKS.md
