@@ -37,20 +37,32 @@ def build_model(name: str, tiny: bool, device: torch.device) -> torch.nn.Module:
     return create_model(name, in_channels=1, head="binary", **options).to(device)
 
 
-def training_rate(
-    name: str, tiny: bool, device: torch.device, batch: int, size: int, warmup: int, steps: int
-) -> float:
-    """Images/s of a textbook loop: fp32, default layout, Adam, BCE, one in-memory batch."""
-    model = build_model(name, tiny, device).train()
+def training_step(
+    model: torch.nn.Module, batch: int, size: int, device: torch.device
+) -> Callable[[], None]:
+    """One step of a textbook loop: fp32, default layout, Adam, BCE, one in-memory batch."""
+    model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(batch, 1, size, size, device=device)
     y = (torch.rand_like(x) > 0.7).float()
-    stamps = []
-    for _ in range(warmup + steps):
+
+    def step() -> None:
         opt.zero_grad()
         F.binary_cross_entropy_with_logits(model(x), y).backward()
         opt.step()
         synchronize(device)
+
+    return step
+
+
+def training_rate(
+    name: str, tiny: bool, device: torch.device, batch: int, size: int, warmup: int, steps: int
+) -> float:
+    """Images/s of :func:`training_step` after ``warmup`` untimed steps."""
+    step = training_step(build_model(name, tiny, device), batch, size, device)
+    stamps = []
+    for _ in range(warmup + steps):
+        step()
         stamps.append(time.perf_counter())
     return steady_rate(stamps, warmup, batch)
 

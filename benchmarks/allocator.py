@@ -46,8 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torch
-    import torch.nn.functional as F
-    from _naive import build_model
+    from _naive import build_model, training_step
 
     from celltune.runtime import tune_allocator
 
@@ -55,18 +54,13 @@ def child(args: argparse.Namespace) -> None:
     applied = tune_allocator() if mode == "tuned" else False
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_model(name, False, torch.device("cpu"))
-    x = torch.rand(args.batch_size, 1, args.size, args.size)
+    cpu = torch.device("cpu")
+    model = build_model(name, False, cpu)
     if task == "train":
-        y = (torch.rand_like(x) > 0.7).float()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def step() -> None:
-            opt.zero_grad()
-            F.binary_cross_entropy_with_logits(model(x), y).backward()
-            opt.step()
+        step = training_step(model, args.batch_size, args.size, cpu)
     else:
         model.eval()
+        x = torch.rand(args.batch_size, 1, args.size, args.size)
 
         def step() -> None:
             with torch.no_grad():

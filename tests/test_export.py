@@ -24,11 +24,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 MEAN, STD = 0.449, 0.226  # ImageNet statistics averaged for one channel
 
 
-def make_run(root: Path, *, name: str = "unet", head: str = "binary", threshold: float = 0.37) -> Path:
+def make_run(
+    root: Path, *, name: str = "unet", head: str = "binary", threshold: float = 0.37
+) -> Path:
     """A tiny run folder whose network carries ImageNet-style input normalisation."""
-    return tiny_runs.make_run(
-        root, name=name, head=head, threshold=threshold, mean=MEAN, std=STD
-    )
+    return tiny_runs.make_run(root, name=name, head=head, threshold=threshold, mean=MEAN, std=STD)
 
 
 @pytest.fixture(scope="module")

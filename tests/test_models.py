@@ -22,8 +22,6 @@ NAMES = ["pspnet", "swin_unet", "unet", "unet_plain", "unet_plain_bn", "unetplus
 CASES = [(n, h, c) for n in NAMES for h in ("binary", "two_class") for c in (1, 3)]
 
 
-
-
 def _fixed_batch(in_channels: int, head: str) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, in_channels, 64, 64, generator=gen)

@@ -99,8 +99,10 @@ class SegmentationModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if on_cpu:
             tune_allocator()  # 1.1-1.4x per step: see celltune.runtime
-        if self.train_cfg.compile:
-            # In place, so the state dict keeps its keys and checkpoints load uncompiled.
+        if self.train_cfg.compile and stage == "fit":
+            # In place, so the state dict keeps its keys and checkpoints load uncompiled. Only
+            # for fit: setup runs again for the final validation, and compiling anew would
+            # throw away the compiled graphs.
             self.net.compile()
 
     def on_fit_start(self) -> None:
