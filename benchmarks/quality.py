@@ -52,7 +52,7 @@ def coelho_splits(root: Path, limit: int | None = None) -> Splits:
 
 # --- celltune -------------------------------------------------------------------------------
 def run_celltune(root: Path, splits: Splits, minutes: float, out: Path) -> dict[str, float]:
-    from celltune.pipeline import run_pipeline
+    from celltune.workflows.run import run_pipeline
 
     config = RunConfig.model_validate(
         {

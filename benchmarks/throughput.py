@@ -51,7 +51,8 @@ from celltune.config import RunConfig
 from celltune.data.samples import Sample, Splits
 from celltune.inference.predict import Predictor
 from celltune.io import normalize
-from celltune.training.fit import _quiet_lightning, auto_precision, build_loaders, build_trainer
+from celltune.rundir import RunDir
+from celltune.training.fit import auto_precision, build_loaders, build_trainer, quiet_lightning
 from celltune.training.module import SegmentationModule
 
 ALL_MODELS = ("unet", "unetplusplus", "pspnet", "swin_unet", "unet_plain_bn")
@@ -180,8 +181,8 @@ def celltune_training(config: RunConfig, splits: Splits, run_dir: Path, s: Setti
         val_tile=config.eval.tile,
     )
     timer = StepTimer(s.device)
-    with _quiet_lightning():
-        trainer = build_trainer(config, run_dir, progress=False, steps=steps)
+    with quiet_lightning():
+        trainer = build_trainer(config, RunDir(run_dir), progress=False, steps=steps)
         trainer.callbacks.append(timer)
         trainer.fit(module, train_dl, val_dl)
     return steady_rate(timer.stamps, s.warmup, s.batch_size)

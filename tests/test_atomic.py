@@ -23,7 +23,8 @@ from celltune.data.samples import Sample, Splits
 from celltune.data.synthetic import MANIFEST, ensure_dataset, write_dataset
 from celltune.errors import DataError, OutputError, RunError
 from celltune.evaluation.threshold import sweep
-from celltune.training.callbacks import AtomicCheckpointIO, MetricsCSV, read_metrics
+from celltune.rundir import RunDir
+from celltune.training.callbacks import AtomicCheckpointIO, MetricsCSV
 from celltune.training.fit import prepare_run_dir
 from celltune.viz.curves import save_figure
 
@@ -37,8 +38,8 @@ def _threshold_result():
     return sweep([prob], [prob > 0.5], start=0.1, stop=0.9, step=0.1, refine=False)
 
 
-def _metrics(path: Path) -> MetricsCSV:
-    cb = MetricsCSV(path)
+def _metrics(run: Path) -> MetricsCSV:
+    cb = MetricsCSV(RunDir(run))
     cb.rows = [
         {
             "epoch": 0,
@@ -60,7 +61,7 @@ WRITERS: dict[str, tuple[str, Any]] = {
     "config": ("config.yaml", lambda p: save_run_config(RunConfig(name="new"), p)),
     "splits": ("splits.json", lambda p: Splits(train=[Sample(Path("a.tif"), None)]).save(p)),
     "threshold": ("threshold.json", lambda p: _threshold_result().save(p)),
-    "metrics": ("metrics.csv", lambda p: _metrics(p).write()),
+    "metrics": ("metrics.csv", lambda p: _metrics(p.parent).write()),
     "checkpoint": ("last.ckpt", lambda p: AtomicCheckpointIO().save_checkpoint({"w": 1}, p)),
     "figure": ("loss.png", lambda p: save_figure(Figure(figsize=(1, 1)), p)),
 }
@@ -129,14 +130,14 @@ def test_checkpoint_failing_midway_keeps_old_checkpoint(tmp_path: Path, monkeypa
 
 
 def test_metrics_rows_survive_a_failed_write(tmp_path: Path, monkeypatch) -> None:
-    cb = _metrics(tmp_path / "metrics.csv")
+    cb = _metrics(tmp_path)
     cb.write()
     cb.rows.append({**cb.rows[0], "epoch": 1})
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(5, "I/O error")))
     with pytest.raises(OutputError):
         cb.write()
     monkeypatch.undo()
-    assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.csv")] == [0.0]
+    assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == [0.0]
 
 
 # --- refusing to overwrite ----------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_empty_or_missing_folder_is_fine(tmp_path: Path) -> None:
 
 
 def test_study_folder_is_not_overwritten_silently(tmp_path: Path) -> None:
-    from celltune.study import run_study
+    from celltune.workflows.study import run_study
 
     out = tmp_path / "study"
     out.mkdir()

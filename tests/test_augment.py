@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from celltune.data.augment import AUGMENTATIONS, build_augmentation, preview_grid
+from celltune.data.augment import AUGMENTATIONS, augmented_views, build_augmentation
 from celltune.errors import ConfigError
+from celltune.viz.datasets import augmentation_preview
 
 
 def blob_pair(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -104,9 +105,9 @@ def test_same_seed_is_reproducible_across_instances():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def test_preview_grid_returns_figure(tmp_path):
+def test_augmentation_preview_returns_figure(tmp_path):
     image, labels = blob_pair()
-    fig = preview_grid(image, labels, "aug2", n=5, seed=1)
+    fig = augmentation_preview(augmented_views(image, labels, "aug2", n=5, seed=1), "aug2")
     assert isinstance(fig, Figure)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 5
@@ -114,10 +115,25 @@ def test_preview_grid_returns_figure(tmp_path):
     assert (tmp_path / "preview.png").stat().st_size > 0
 
 
-def test_preview_grid_accepts_rgb_and_none_preset():
+def test_augmentation_preview_accepts_rgb_and_none_preset():
     image, labels = blob_pair()
-    fig = preview_grid(np.repeat(image, 3, axis=-1), labels, "none", n=2)
+    views = augmented_views(np.repeat(image, 3, axis=-1), labels, "none", n=2)
+    fig = augmentation_preview(views, "none")
     assert len([ax for ax in fig.axes if ax.images]) == 2
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["none #0", "none #1"]
+
+
+def test_augmented_views_are_seeded_and_reproducible():
+    image, labels = blob_pair()
+    a = augmented_views(image, labels, "aug2", n=3, seed=4)
+    b = augmented_views(image, labels, "aug2", n=3, seed=4)
+    assert len(a) == 3
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+    seeds = np.random.SeedSequence(4).generate_state(3)
+    direct = build_augmentation("aug2")(image, labels, int(seeds[1]))
+    assert np.array_equal(a[1][0], direct[0]) and np.array_equal(a[1][1], direct[1])
+    with pytest.raises(ConfigError):
+        augmented_views(image, labels, "bogus", n=1)
 
 
 def test_uneven_illumination_adds_a_smooth_field_only_to_the_image():

@@ -28,8 +28,9 @@ from celltune.data.samples import Sample
 from celltune.data.synthetic import write_dataset
 from celltune.errors import ConfigError, DataError, ImageReadError, OutputError, RunError
 from celltune.io import read_image, read_label, write_text
+from celltune.models.build import build_network
+from celltune.models.checkpoint import load_model_from_checkpoint
 from celltune.training.fit import check_names, fit, prepare_run_dir
-from celltune.training.module import build_network, load_model_from_checkpoint
 from celltune.training.resume import check_checkpoint
 
 TINY = {"name": "unet_plain", "options": {"tiny": True}}

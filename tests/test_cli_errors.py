@@ -25,7 +25,7 @@ from celltune.config import DataConfig, ModelConfig, RunConfig, save_run_config
 from celltune.data.neurips import make_splits
 from celltune.data.synthetic import write_dataset
 from celltune.errors import ImageReadError
-from celltune.training.module import build_network
+from celltune.models.build import build_network
 
 TINY = {"name": "unet_plain", "options": {"tiny": True}}
 DATA = {"val": 1, "test_fraction": 0.34, "crop": 32}

@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader
 from celltune.config import RunConfig
 from celltune.data.dataset import CropDataset, EpochSampler
 from celltune.data.samples import Sample
-from celltune.pipeline import run_pipeline
-from celltune.training.callbacks import read_metrics
+from celltune.models.checkpoint import load_model_from_checkpoint
+from celltune.rundir import RunDir
 from celltune.training.distributed import steps_per_process
-from celltune.training.module import load_model_from_checkpoint
+from celltune.workflows.run import run_pipeline
 
 EPOCHS = 3
 CONFIG: dict[str, Any] = {
@@ -143,12 +143,12 @@ def test_steps_per_process(items, batch, drop_last, world, steps) -> None:
 def test_worker_process_only_trains(tmp_path, monkeypatch) -> None:
     """Ranks > 0 return after fit: no threshold, evaluation, plots or done.json of their own."""
     import celltune.training.distributed as distributed
-    import celltune.training.fit as fit_module
+    import celltune.workflows.run as run_module
 
     monkeypatch.setattr(distributed, "process_rank", lambda: 1)
-    monkeypatch.setattr(fit_module, "fit", lambda config, out, **kw: Path(out))
+    monkeypatch.setattr(run_module, "fit", lambda config, out, **kw: Path(out))
     result = run_pipeline(RunConfig(), tmp_path / "run", progress=False)
-    assert result.extra == {"rank": 1} and result.summary == {}
+    assert result.worker and result.summary == {}
     assert not (tmp_path / "run").exists()
 
 
@@ -156,7 +156,7 @@ def test_worker_process_only_trains(tmp_path, monkeypatch) -> None:
 
 
 def _metrics(run: Path) -> list[dict[str, float]]:
-    return read_metrics(run / "metrics.csv")
+    return RunDir(run).read_metrics()
 
 
 def test_ddp_two_cpu_processes_match_one(tmp_path) -> None:

@@ -8,20 +8,21 @@ import socket
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from rich.console import Console
 from typer.testing import CliRunner
 
 from celltune.cli import app
 from celltune.data.download import NEURIPS_ARCHIVES, download_neurips, extract_zip
 from celltune.data.neurips import discover
 from celltune.errors import ConfigError, DownloadError
+from celltune.report.console import download_bar
 
 
 class Server:
@@ -97,6 +98,23 @@ SHA = hashlib.sha256(ZIP).hexdigest()
 ARCHIVES = {"tuning": ("Tuning.zip", SHA)}
 
 
+class Bars:
+    """A ProgressBar that records what it was opened with and how far it advanced."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, int | None, int]] = []
+        self.advanced = 0
+
+    @contextmanager
+    def __call__(self, name: str, total: int | None, done: int) -> Iterator[Callable[[int], None]]:
+        self.opened.append((name, total, done))
+
+        def advance(n: int) -> None:
+            self.advanced += n
+
+        yield advance
+
+
 def _get(server: Server, root: Path, **kw: object) -> list[Path]:
     kw.setdefault("progress", False)
     return download_neurips(root, ["tuning"], base_url=server.url, archives=ARCHIVES, **kw)
@@ -104,10 +122,10 @@ def _get(server: Server, root: Path, **kw: object) -> list[Path]:
 
 def test_download_verifies_extracts_and_is_idempotent(server: Server, tmp_path: Path) -> None:
     server.files["/files/Tuning.zip"] = ZIP
-    out = io.StringIO()
-    console = Console(file=out, width=120)
+    lines: list[str] = []
+    bars = Bars()
 
-    got = _get(server, tmp_path, progress=True, console=console)
+    got = _get(server, tmp_path, progress=True, log=lines.append, bar=bars)
 
     assert got == [tmp_path / "Tuning.zip"]
     assert (tmp_path / "Tuning.zip").read_bytes() == ZIP
@@ -115,21 +133,35 @@ def test_download_verifies_extracts_and_is_idempotent(server: Server, tmp_path: 
     assert server.requests == [("/files/Tuning.zip", None)]
     found = discover(tmp_path)
     assert [s.image.name for s in found.splits["tuning"]] == ["cell_00001.tif"]
-    assert "verified" in out.getvalue()
+    assert lines == [f"Tuning.zip: verified; extracting into {tmp_path}."]
+    assert bars.opened == [("Tuning.zip", len(ZIP), 0)] and bars.advanced == len(ZIP)
 
-    again = _get(server, tmp_path, progress=True, console=console)
+    again = _get(server, tmp_path, progress=True, log=lines.append, bar=bars)
     assert again == got
     assert len(server.requests) == 1  # the second run made no request
-    assert "already downloaded" in out.getvalue()
+    assert lines[-1] == "Tuning.zip: already downloaded and extracted."
+    assert len(bars.opened) == 1
+
+
+def test_progress_prints_status_lines_and_bar_to_stdout(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.files["/files/Tuning.zip"] = ZIP
+    _get(server, tmp_path, progress=True, bar=download_bar)
+    out = capsys.readouterr().out
+    assert f"Tuning.zip: verified; extracting into {tmp_path}.\n" in out
+    assert "Tuning.zip" in out.split("verified")[0]  # the bar, named after the archive
 
 
 def test_resume_from_partial_file(server: Server, tmp_path: Path) -> None:
     server.files["/files/Tuning.zip"] = ZIP
     (tmp_path / "Tuning.zip.incomplete").write_bytes(ZIP[:1000])
+    bars = Bars()
 
-    _get(server, tmp_path)
+    _get(server, tmp_path, progress=True, log=lambda line: None, bar=bars)
 
     assert server.requests == [("/files/Tuning.zip", "bytes=1000-")]
+    assert bars.opened == [("Tuning.zip", len(ZIP), 1000)] and bars.advanced == len(ZIP) - 1000
     assert (tmp_path / "Tuning.zip").read_bytes() == ZIP
     assert (tmp_path / "Tuning" / "labels" / "cell_00001_label.tiff").is_file()
 
@@ -272,9 +304,13 @@ def test_cli_download_from_a_mirror(server: Server, tmp_path: Path, monkeypatch)
     assert (tmp_path / "Tuning" / "images" / "cell_00001.tif").is_file()
 
 
-def test_no_progress_prints_nothing(server: Server, tmp_path: Path) -> None:
+def test_no_progress_prints_nothing(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server.files["/files/Tuning.zip"] = ZIP
-    out = io.StringIO()
-    _get(server, tmp_path, progress=False, console=Console(file=out, force_terminal=True))
-    assert out.getvalue() == ""
+    lines: list[str] = []
+    bars = Bars()
+    _get(server, tmp_path, progress=False, log=lines.append, bar=bars)
+    assert lines == [] and bars.opened == []
+    assert capsys.readouterr() == ("", "")
     assert (tmp_path / "Tuning.zip").is_file()

@@ -8,8 +8,10 @@ from matplotlib.figure import Figure
 
 from celltune.data.samples import Sample, Splits
 from celltune.errors import RunError
-from celltune.evaluation.evaluate import write_per_image
+from celltune.evaluation.evaluate import PER_IMAGE_COLUMNS
 from celltune.io import write_png, write_tiff
+from celltune.report.figures import study_mask_grid
+from celltune.rundir import RunDir
 from celltune.viz.grid import (
     ERROR_COLORS,
     GridRow,
@@ -17,7 +19,6 @@ from celltune.viz.grid import (
     mask_grid,
     overlay_errors,
     shrink,
-    study_mask_grid,
 )
 
 WHITE, MAGENTA, CYAN, BLACK = [255, 255, 255], [255, 0, 255], [0, 255, 255], [0, 0, 0]
@@ -147,7 +148,7 @@ def _study(tmp_path, n=5):
                 }
             )
             write_png(run / "eval/test/masks" / f"im{i}.png", pred.astype(np.uint8) * 255)
-        write_per_image(run / "eval/test/per_image.csv", rows)
+        RunDir(run).write_per_image("test", rows, PER_IMAGE_COLUMNS)
     return tmp_path / "study"
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from celltune.errors import ConfigError
-from celltune.evaluation import instances
-from celltune.evaluation.instances import label_instances
+from celltune.inference import instances
+from celltune.inference.instances import label_instances
 
 
 def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
@@ -98,8 +98,8 @@ def _random_discs(shape, n, seed, radius=(4, 12)):
 
 @pytest.mark.parametrize("method", ["components", "watershed"])
 def test_tiled_labelling_finds_the_same_cells_as_whole(method):
-    from celltune.evaluation.instances import label_instances_tiled
     from celltune.evaluation.metrics import instance_scores
+    from celltune.inference.instances import label_instances_tiled
 
     mask = _random_discs((300, 260), 160, seed=3)
     whole = label_instances(mask, method=method, min_size=10)
@@ -113,7 +113,7 @@ def test_tiled_labelling_finds_the_same_cells_as_whole(method):
 
 
 def test_tiled_labelling_of_a_small_mask_is_the_whole_labelling():
-    from celltune.evaluation.instances import label_instances_tiled
+    from celltune.inference.instances import label_instances_tiled
 
     mask = _random_discs((80, 90), 12, seed=1)
     np.testing.assert_array_equal(

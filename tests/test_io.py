@@ -12,8 +12,10 @@ from PIL import Image
 
 from celltune.errors import ImageReadError
 from celltune.io import (
+    ImageHeader,
     atomic_path,
     normalize,
+    read_header,
     read_image,
     read_label,
     to_binary,
@@ -126,6 +128,52 @@ def test_truncated_tiff_is_reported(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match=r"cut\.tif"):
         read_image(path)
+
+
+def test_header_truncated_tiff_is_caught(tmp_path):
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, RNG.integers(0, 65535, (64, 64), dtype=np.uint16))
+    assert read_header(path) == ImageHeader(64, 64, 1, "uint16")
+    path.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_header(path)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((3, 20, 30), (20, 30, 3)), ((20, 30, 4), (20, 30, 4)), ((1, 20, 30), (20, 30, 1))],
+)
+def test_header_tiff_channel_axis(tmp_path, shape, expected):
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros(shape, np.uint8), photometric="minisblack")
+    h = read_header(tmp_path / "x.tif")
+    assert (h.height, h.width, h.channels, h.dtype) == (*expected, "uint8")
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix", "dtype"),
+    [("L", ".png", "uint8"), ("RGB", ".png", "uint8"), ("I;16", ".png", "uint16"),
+     ("L", ".bmp", "uint8"), ("RGB", ".jpg", "uint8")],
+)
+def test_header_matches_read_image(tmp_path, mode, suffix, dtype):
+    arr = np.zeros((12, 7, 3), np.uint8) if mode == "RGB" else np.zeros((12, 7), np.uint8)
+    path = tmp_path / f"x{suffix}"
+    Image.fromarray(arr).convert(mode).save(path)
+    h = read_header(path)
+    assert (h.height, h.width, h.channels, h.dtype) == (*read_image(path).shape, dtype)
+
+
+def test_header_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "bad.png"
+    garbage.write_bytes(b"not a png")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((5, 8, 9), np.uint8))
+    for path, problem in [(empty, "missing or empty"), (garbage, "header cannot be read"),
+                          (stack, "stack or volume")]:
+        with pytest.raises(ImageReadError, match=problem) as err:
+            read_header(path)
+        assert str(err.value).startswith(f"{path}: ")
 
 
 def test_nan_image_is_rejected(tmp_path):

@@ -13,12 +13,13 @@ import torch
 from celltune.config import RunConfig, StudyConfig
 from celltune.data.synthetic import write_dataset
 from celltune.errors import RunError
-from celltune.evaluation.evaluate import evaluate_run, read_per_image
+from celltune.evaluation.evaluate import evaluate_run
 from celltune.evaluation.metrics import confusion, dice
 from celltune.inference.predict import Predictor
 from celltune.io import read_image, read_label, to_binary
-from celltune.pipeline import run_pipeline
-from celltune.study import run_study
+from celltune.rundir import RunDir
+from celltune.workflows.run import run_pipeline
+from celltune.workflows.study import run_study
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_threshold_json_matches_the_summary(tiny_run):
 def test_per_image_scores_recomputed_from_the_predictor(tiny_run):
     """The evaluation's numbers equal Dice computed directly from Predictor masks."""
     run = tiny_run.run_dir
-    rows = {r["name"]: r for r in read_per_image(run / "eval/test/per_image.csv")}
+    rows = {r["name"]: r for r in RunDir(run).read_per_image("test")}
     splits = json.loads((run / "splits.json").read_text())
     predictor = Predictor.from_run(run)
     for item in splits["test"]:
@@ -137,8 +138,9 @@ def test_two_row_study_writes_the_report(synth_root, tmp_path):
         ],
     })
     out = tmp_path / "study"
-    results = run_study(study, out, progress=False)
-    assert [r.run_dir.name for r in results] == ["unet", "plain"]
+    outcome = run_study(study, out, progress=False)
+    assert [r.run_dir.name for r in outcome.results] == ["unet", "plain"]
+    assert [r.label for r in outcome.report.results] == ["unet", "plain U-Net"]
     for rel in ("results.md", "results.csv", "report.html", "plots/masks.png",
                 "plots/loss_curves.png", "plots/threshold_curves.png", "study.yaml"):
         assert (out / rel).is_file(), rel

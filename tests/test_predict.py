@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from celltune.cli import app
 from celltune.errors import ConfigError, DataError, RunError
-from celltune.evaluation.instances import label_instances
 from celltune.inference.batch import predict_files
 from celltune.inference.files import label_in_bands, outlines
+from celltune.inference.instances import label_instances
 from celltune.inference.predict import Predictor
 from celltune.io import normalize
 from tiny_runs import make_run
@@ -120,7 +120,7 @@ def test_bad_tiling_options_are_rejected() -> None:
     with pytest.raises(ConfigError, match="--overlap"):
         brightness_predictor(overlap=1.0)
     with pytest.raises(ConfigError, match="--batch-size"):
-        brightness_predictor().update(batch_size=0)
+        brightness_predictor().with_options(batch_size=0)
 
 
 # --- predict_files ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from scipy.stats import wilcoxon
 from celltune.config import RunConfig, save_run_config
 from celltune.data.samples import Sample, Splits
 from celltune.errors import RunError
-from celltune.evaluation.evaluate import summarize_rows, write_per_image
+from celltune.evaluation.evaluate import PER_IMAGE_COLUMNS, summarize_rows
 from celltune.evaluation.threshold import ThresholdResult
 from celltune.io import write_png, write_text, write_tiff
 from celltune.report import (
@@ -25,6 +25,7 @@ from celltune.report import (
     results_table,
     write_results,
 )
+from celltune.rundir import RunDir
 
 N_IMAGES = 8
 PAPER = {
@@ -98,7 +99,7 @@ def _write_row(study: Path, row: str, data: Path, splits: Splits) -> list[dict]:
                 "f1_mean_50_90": 0.8,
             }
         )
-    write_per_image(run / "eval/test/per_image.csv", rows)
+    RunDir(run).write_per_image("test", rows, PER_IMAGE_COLUMNS)
     summary = summarize_rows(rows, n_boot=200, seed=0)
     summary.update(
         {

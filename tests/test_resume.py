@@ -25,9 +25,11 @@ import yaml
 
 from celltune.config import RunConfig, StudyConfig
 from celltune.errors import Interrupted
-from celltune.pipeline import DONE_FILE, run_pipeline
-from celltune.training.callbacks import read_metrics
+from celltune.rundir import RunDir
 from celltune.training.module import SegmentationModule
+from celltune.workflows.run import run_pipeline
+
+DONE_FILE = RunDir(".").done_path.name
 
 EPOCHS = 4
 CONFIG: dict[str, Any] = {
@@ -57,7 +59,7 @@ def one_thread():
 def outcome(run: Path) -> dict[str, Any]:
     """What must not change when a run is interrupted and resumed."""
     rows = [
-        {k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(run / "metrics.csv")
+        {k: v for k, v in r.items() if k != "seconds"} for r in RunDir(run).read_metrics()
     ]
     summary = json.loads((run / "eval" / "test" / "summary.json").read_text())
     summary.pop("data_root")  # each run generated its synthetic data in its own folder
@@ -146,7 +148,7 @@ def test_signal_mid_epoch_then_resume(
         "continue from the last checkpoint with --resume."
     )
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning leaves SIGINT ignored
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [0, 1]
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [0, 1]
     assert _global_step(run) == 2 * STEPS  # the checkpoint of the last complete epoch
     assert not (run / DONE_FILE).exists() and no_temp_files(run)
 
@@ -181,8 +183,7 @@ def _train_cmd(config: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _rows(run: Path) -> int:
-    path = run / "metrics.csv"
-    return len(read_metrics(path)) if path.is_file() else 0
+    return len(RunDir(run).read_metrics())
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,7 @@ def test_cli_train_killed_mid_epoch_resumes(
 
 
 def test_study_interrupted_in_second_row_resumes(tmp_path, monkeypatch, ctrl_c_raises) -> None:
-    from celltune.study import run_study
+    from celltune.workflows.study import run_study
 
     defaults = {k: v for k, v in CONFIG.items() if k != "model"}
     study = StudyConfig.model_validate(

@@ -14,17 +14,17 @@ from scipy import ndimage
 from celltune.data.synth_cells import Blob, Cell, rasterize
 from celltune.data.synthetic import (
     MODALITIES,
-    contact_sheet,
+    contact_sheet_panels,
     generate,
     generate_image,
     outline,
     plan_modalities,
     plan_png,
-    save_contact_sheet,
     write_dataset,
 )
 from celltune.errors import ConfigError, DataError
 from celltune.io import read_image, read_label
+from celltune.viz.datasets import contact_sheet, save_png
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -290,15 +290,29 @@ def test_outline_marks_instance_boundaries() -> None:
 
 
 def test_contact_sheet_titles_and_png(dataset: Path, tmp_path: Path) -> None:
-    fig = contact_sheet(dataset, max_images=6)
+    fig = contact_sheet(contact_sheet_panels(dataset, max_images=6))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     modalities = [r["modality"] for r in _manifest(dataset)["images"][:6]]
     assert len(titles) == 6
     assert [t.splitlines()[1] for t in titles] == modalities
-    out = save_contact_sheet(dataset, tmp_path / "sheet.png", max_images=4)
+    out = save_png(contact_sheet(contact_sheet_panels(dataset, max_images=4)), tmp_path / "s.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(out).size == (4 * 320, 340)  # the figure's own size: 3.2 x 3.4 in per panel
+
+
+def test_contact_sheet_panels_are_normalised_rgb_with_outlines(dataset: Path) -> None:
+    panels = contact_sheet_panels(dataset, max_images=3)
+    labels = read_label(dataset / "labels" / "cell_00001_label.tiff")
+    first = panels[0]
+    assert first.image.shape == (*labels.shape, 3) and first.image.dtype == np.float32
+    assert first.image.min() >= 0.0 and first.image.max() <= 1.0
+    np.testing.assert_array_equal(first.outline, outline(labels))
+    assert first.title.startswith("cell_00001.")
+    bare = contact_sheet_panels(dataset, max_images=3, outlines=False)
+    assert all(p.outline is None for p in bare)
+    np.testing.assert_array_equal(bare[0].image, first.image)
 
 
 def test_contact_sheet_without_images_raises(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no images"):
-        contact_sheet(tmp_path)
+        contact_sheet_panels(tmp_path)

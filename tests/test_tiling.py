@@ -18,7 +18,7 @@ from celltune.inference.tiling import (
     tile_shape,
     tile_starts,
 )
-from celltune.training.module import build_network
+from celltune.models.build import build_network
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from celltune.config import RunConfig, save_run_config
-from celltune.training.module import build_network
+from celltune.models.build import build_network
 
 
 def make_run(

@@ -1,4 +1,4 @@
-"""The ``celltune`` command line: parse arguments, call the library, print results.
+"""The ``celltune`` command line: parse arguments, call one library function, print the result.
 
 No logic lives here. Heavy libraries are imported inside the commands so that
 ``celltune --help`` answers quickly.
@@ -35,14 +35,28 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
+download_app = typer.Typer(
+    help="Download public datasets.\n\nExample:\n\n  celltune data download neurips data/neurips",
+    no_args_is_help=True,
+)
+data_app.add_typer(download_app, name="download")
 
 _DEBUG = False
+Opt = typer.Option
+Arg = typer.Argument
 
 
-def _console():
+def _console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+def _start_compute() -> None:
+    """Process-wide CPU settings for commands that run a network (see celltune.runtime)."""
+    from celltune.runtime import tune_allocator
+
+    tune_allocator()
 
 
 def _version_callback(value: bool) -> None:
@@ -53,13 +67,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
-    ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks for errors.")
-    ] = False,
+    version: Annotated[bool, Opt("--version", callback=_version_callback, is_eager=True,
+                                 help="Show version.")] = False,
+    debug: Annotated[bool, Opt("--debug", help="Show full tracebacks for errors.")] = False,
 ) -> None:
     global _DEBUG
     _DEBUG = debug
@@ -67,10 +77,10 @@ def _root(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Output folder for data, runs and the report.")] = Path(
+    out: Annotated[Path, Opt(help="Output folder for data, runs and the report.")] = Path(
         "celltune-demo"
     ),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, Opt(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Run the main job on built-in synthetic data: generate, train, tune, evaluate, report.
 
@@ -78,21 +88,22 @@ def demo(
 
       celltune demo --out celltune-demo
     """
-    from celltune.demo import run_demo
+    from celltune.workflows.demo import run_demo
 
+    _start_compute()
     run_demo(out, overwrite=overwrite, console=_console())
 
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Argument(help="Folder to create (images/ and labels/).")],
-    n: Annotated[int, typer.Option(help="Number of images.")] = 48,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+    out: Annotated[Path, Arg(help="Folder to create (images/ and labels/).")],
+    n: Annotated[int, Opt(help="Number of images.")] = 48,
+    size: Annotated[int, Opt(help="Image side in pixels.")] = 256,
+    seed: Annotated[int, Opt(help="Random seed; same seed, same bytes.")] = 0,
     contact_sheet: Annotated[
-        bool, typer.Option(help="Also write contact_sheet.png with every image and its outline.")
+        bool, Opt(help="Also write contact_sheet.png with every image and its outline.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset folder.")] = False,
+    overwrite: Annotated[bool, Opt(help="Replace an existing dataset folder.")] = False,
 ) -> None:
     """Write a synthetic microscopy dataset in the NeurIPS layout.
 
@@ -105,25 +116,24 @@ def data_synth(
     from celltune.data.synthetic import write_dataset
 
     console = _console()
-    result = write_dataset(out, n=n, size=size, seed=seed, overwrite=overwrite)
+    write_dataset(out, n=n, size=size, seed=seed, overwrite=overwrite)
     console.print(f"Wrote {n} images and labels to [bold]{out}[/]")
     if contact_sheet:
-        from celltune.data.synthetic import save_contact_sheet
+        from celltune.data.synthetic import contact_sheet_panels
+        from celltune.viz.datasets import contact_sheet as draw_contact_sheet
+        from celltune.viz.datasets import save_png
 
-        path = save_contact_sheet(out, Path(out) / "contact_sheet.png")
+        path = save_png(draw_contact_sheet(contact_sheet_panels(out)),
+                        Path(out) / "contact_sheet.png")
         console.print(f"Contact sheet: [bold]{path}[/]")
-    del result
 
 
 @data_app.command("summary")
 def data_summary(
-    root: Annotated[Path, typer.Argument(help="Dataset root (Zenodo, older or bare layout).")],
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of tables.")
-    ] = False,
+    root: Annotated[Path, Arg(help="Dataset root (Zenodo, older or bare layout).")],
+    json_output: Annotated[bool, Opt("--json", help="Print JSON instead of tables.")] = False,
     pixels: Annotated[
-        bool,
-        typer.Option(help="Decode label files for cells per image and foreground fraction."),
+        bool, Opt(help="Decode label files for cells per image and foreground fraction.")
     ] = True,
 ) -> None:
     """Count images per split, format, dtype, channels and size; what each filter keeps.
@@ -139,27 +149,23 @@ def data_summary(
         import json
 
         typer.echo(json.dumps(summary.to_dict(), indent=1))
-    else:
-        summary.render(_console())
+        return
+    from celltune.report.console import data_summary_tables
 
-
-download_app = typer.Typer(
-    help="Download public datasets.\n\nExample:\n\n  celltune data download neurips data/neurips",
-    no_args_is_help=True,
-)
-data_app.add_typer(download_app, name="download")
+    console = _console()
+    for table in data_summary_tables(summary):
+        console.print(table)
 
 
 @download_app.command("neurips")
 def data_download_neurips(
-    root: Annotated[Path, typer.Argument(help="Folder to download and unzip into.")],
+    root: Annotated[Path, Arg(help="Folder to download and unzip into.")],
     parts: Annotated[
-        str, typer.Option(help="Comma-separated archives: training, tuning, testing.")
+        str, Opt(help="Comma-separated archives: training, tuning, testing.")
     ] = "training,tuning",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
     base_url: Annotated[
-        str | None,
-        typer.Option(help="Mirror holding the archives (default: the Zenodo record)."),
+        str | None, Opt(help="Mirror holding the archives (default: the Zenodo record).")
     ] = None,
 ) -> None:
     """Download the NeurIPS 2022 CellSeg archives from Zenodo (SHA-256 verified, resumable).
@@ -170,119 +176,72 @@ def data_download_neurips(
 
       celltune data download neurips data/neurips --parts training,tuning
     """
+    from functools import partial
+
     from celltune.data.download import ZENODO_URL, download_neurips
+    from celltune.report.console import download_bar
 
     console = _console()
-    archives = download_neurips(
-        root, parts.split(","), base_url=base_url or ZENODO_URL, progress=progress, console=console
-    )
+    archives = download_neurips(root, parts.split(","), base_url=base_url or ZENODO_URL,
+                                progress=progress, bar=partial(download_bar, console=console),
+                                log=lambda line: console.print(line, highlight=False))
     console.print(f"Ready: {len(archives)} archive(s) extracted into [bold]{root}[/]")
 
 
 @app.command("models")
-def models_cmd(
-    size: Annotated[int, typer.Option(help="Input side for the GFLOPs column.")] = 256,
-) -> None:
+def models_cmd(size: Annotated[int, Opt(help="Input side for the GFLOPs column.")] = 256) -> None:
     """List the registered models: parameters, GFLOPs, input-size rule, default weights.
 
     Example:
 
       celltune models
     """
-    from rich.table import Table
+    from celltune.models import models_table
+    from celltune.report.console import MODELS_NOTE
+    from celltune.report.console import models_table as render_models
 
-    from celltune.models import FLOP_CONVENTION, models_table
-
-    table = Table(title=f"celltune models (GFLOPs at 1×{size}×{size}; {FLOP_CONVENTION})")
-    rows = models_table(size=size)
-    for column in ("name", "params (M)", "GFLOPs", "input size", "study weights", "about"):
-        table.add_column(column, justify="right" if column in ("params (M)", "GFLOPs") else "left")
-    for r in rows:
-        table.add_row(
-            r["name"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", str(r["input_rule"]),
-            str(r["default_weights"]), str(r.get("description", "")),
-        )
     console = _console()
-    console.print(table)
-    console.print(
-        "Study weights are what the published study used; `celltune train` starts from "
-        "--weights none unless told otherwise, so it never needs the network."
-    )
+    console.print(render_models(models_table(size=size), size))
+    console.print(MODELS_NOTE)
 
 
-def _train_overrides(**values: Any) -> dict[str, Any]:
-    """CLI options that were given, as a nested config override."""
-    sections = {
-        "data": {"root": "data", "filter": "filter", "channels": "channels", "crop": "crop"},
-        "model": {"name": "model", "weights": "weights", "head": "head", "encoder": "encoder"},
-        "train": {
-            "epochs": "epochs", "max_time": "max_time", "batch_size": "batch_size", "lr": "lr",
-            "loss": "loss", "aug": "aug", "seed": "seed", "accelerator": "accelerator",
-            "devices": "devices", "num_nodes": "num_nodes", "strategy": "strategy",
-            "precision": "precision", "patience": "patience", "compile": "compile_model",
-        },
-    }
-    out: dict[str, Any] = {}
-    for section, keys in sections.items():
-        given = {k: values[v] for k, v in keys.items() if values.get(v) is not None}
-        if given:
-            out[section] = given
-    if values.get("devices") is not None and str(values["devices"]).isdigit():
-        out["train"]["devices"] = int(values["devices"])
-    return out
-
-
+# Typer declares every option as a parameter, so this signature is long; the body is short.
 @app.command()
 def train(
-    config: Annotated[
-        Path | None, typer.Argument(help="Run config YAML (defaults if omitted).")
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")] = Path(
-        "runs/run"
-    ),
-    data: Annotated[
-        Path | None, typer.Option(help="Dataset root; omitted = synthetic data.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (see `celltune models`).")] = None,
-    weights: Annotated[
-        str | None, typer.Option(help="Encoder weights: none, imagenet, or a file path.")
-    ] = None,
-    encoder: Annotated[str | None, typer.Option(help="Encoder of SMP models.")] = None,
-    head: Annotated[str | None, typer.Option(help="binary or two_class.")] = None,
-    aug: Annotated[str | None, typer.Option(help="Augmentation: none, aug1, aug2.")] = None,
-    loss: Annotated[str | None, typer.Option(help="bce_dice, dice, focal, bce, ce.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    max_time: Annotated[
-        float | None, typer.Option(help="Wall-clock budget in minutes.")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Crops per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
-    crop: Annotated[int | None, typer.Option(help="Training crop side (multiple of 32).")] = None,
+    config: Annotated[Path | None, Arg(help="Run config YAML (defaults if omitted).")] = None,
+    out: Annotated[Path, Opt("--out", "-o", help="Run folder to create.")] = Path("runs/run"),
+    data: Annotated[Path | None, Opt(help="Dataset root; omitted = synthetic data.")] = None,
+    model: Annotated[str | None, Opt(help="Model name (see `celltune models`).")] = None,
+    weights: Annotated[str | None, Opt(help="Encoder weights: none, imagenet, or a file path.")
+                       ] = None,
+    encoder: Annotated[str | None, Opt(help="Encoder of SMP models.")] = None,
+    head: Annotated[str | None, Opt(help="binary or two_class.")] = None,
+    aug: Annotated[str | None, Opt(help="Augmentation: none, aug1, aug2.")] = None,
+    loss: Annotated[str | None, Opt(help="bce_dice, dice, focal, bce, ce.")] = None,
+    epochs: Annotated[int | None, Opt(help="Maximum epochs.")] = None,
+    max_time: Annotated[float | None, Opt(help="Wall-clock budget in minutes.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Crops per batch.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (AdamW).")] = None,
+    crop: Annotated[int | None, Opt(help="Training crop side (multiple of 32).")] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Stop after this many epochs without val Dice gain.")
+        int | None, Opt(help="Stop after this many epochs without val Dice gain.")
     ] = None,
-    filter: Annotated[str | None, typer.Option(help="Image filter: study or all.")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 (grayscale) or 3 (RGB).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for splits, crops, init.")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu.")] = None,
-    devices: Annotated[str | None, typer.Option(help="Devices per node (auto or a count).")] = None,
-    num_nodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="Lightning strategy (auto, ddp...).")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto, 32-true, bf16-mixed, 16-mixed.")
-    ] = None,
-    compile_model: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the network (about a minute of compiling first; pays on long "
-            "runs).",
-        ),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    filter: Annotated[str | None, Opt(help="Image filter: study or all.")] = None,
+    channels: Annotated[int | None, Opt(help="1 (grayscale) or 3 (RGB).")] = None,
+    seed: Annotated[int | None, Opt(help="Seed for splits, crops, init.")] = None,
+    accelerator: Annotated[str | None, Opt(help="auto, cpu, gpu.")] = None,
+    devices: Annotated[str | None, Opt(help="Devices per node (auto or a count).")] = None,
+    num_nodes: Annotated[int | None, Opt(help="Number of nodes.")] = None,
+    strategy: Annotated[str | None, Opt(help="Lightning strategy (auto, ddp...).")] = None,
+    precision: Annotated[str | None, Opt(help="auto, 32-true, bf16-mixed, 16-mixed.")] = None,
+    compile_model: Annotated[bool | None, Opt(
+        "--compile/--no-compile",
+        help="torch.compile the network (about a minute of compiling first; pays on long runs).",
+    )] = None,
+    resume: Annotated[bool, Opt(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, Opt(help="Replace an existing run folder.")] = False,
     evaluate: Annotated[
-        bool, typer.Option(help="After training, choose the threshold and evaluate on test.")
+        bool, Opt(help="After training, choose the threshold and evaluate on test.")
     ] = True,
 ) -> None:
     """Train a model, choose its threshold on validation and evaluate it on test.
@@ -295,27 +254,31 @@ def train(
 
       celltune train --out runs/unet --resume
     """
-    from celltune.config import load_run_config, run_config_from_dict
-    from celltune.pipeline import run_pipeline
+    from celltune.config import run_config_with_overrides
+    from celltune.workflows.run import run_pipeline
 
-    overrides = _train_overrides(**locals())
-    base = load_run_config(config).model_dump(mode="json") if config else {}
-    for section, values in overrides.items():
-        base.setdefault(section, {}).update(values)
-    if base.get("name") in (None, "run"):
-        base["name"] = out.name
-    cfg = run_config_from_dict(base, str(config or "command line"))
-    console = _console()
-    result = run_pipeline(
-        cfg, out, resume=resume, overwrite=overwrite, evaluate_split="test" if evaluate else None
-    )
-    if result.extra.get("rank"):  # a DDP worker process: rank 0 reports
+    overrides = {
+        "data.root": data, "data.filter": filter, "data.channels": channels, "data.crop": crop,
+        "model.name": model, "model.weights": weights, "model.head": head,
+        "model.encoder": encoder, "train.epochs": epochs, "train.max_time": max_time,
+        "train.batch_size": batch_size, "train.lr": lr, "train.loss": loss, "train.aug": aug,
+        "train.seed": seed, "train.accelerator": accelerator, "train.devices": devices,
+        "train.num_nodes": num_nodes, "train.strategy": strategy,
+        "train.precision": precision, "train.patience": patience,
+        "train.compile": compile_model,
+    }
+    cfg = run_config_with_overrides(config, overrides, default_name=out.name)
+    _start_compute()
+    result = run_pipeline(cfg, out, resume=resume, overwrite=overwrite,
+                          evaluate_split="test" if evaluate else None)
+    if result.worker:
         return
+    console = _console()
     if result.summary:
         s = result.summary
         console.print(
-            f"[bold]{s.get('model', cfg.model.name)}[/]: threshold {result.threshold:.2f}, test Dice "
-            f"{s['dice']:.3f}, IoU {s['iou']:.3f}, F1@0.5 {s['f1_iou50']:.3f} "
+            f"[bold]{s.get('model', cfg.model.name)}[/]: threshold {result.threshold:.2f}, test "
+            f"Dice {s['dice']:.3f}, IoU {s['iou']:.3f}, F1@0.5 {s['f1_iou50']:.3f} "
             f"({s['n_images']} images)"
         )
     console.print(f"Run folder: [bold]{result.run_dir}[/] ({result.train_seconds / 60:.1f} min)")
@@ -323,14 +286,11 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder made by `celltune train`.")],
-    data: Annotated[
-        Path | None, typer.Option(help="Dataset root; omitted = the run's own splits.")
-    ] = None,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    instances: Annotated[
-        str, typer.Option(help="Instance method for F1: watershed or components.")
-    ] = "watershed",
+    run: Annotated[Path, Arg(help="Run folder made by `celltune train`.")],
+    data: Annotated[Path | None, Opt(help="Dataset root; omitted = the run's own splits.")] = None,
+    split: Annotated[str, Opt(help="train, val or test.")] = "test",
+    instances: Annotated[str, Opt(help="Instance method for F1: watershed or components.")
+                         ] = "watershed",
 ) -> None:
     """Score a trained run on a split: Dice, IoU (per image and pooled, 95% CI), instance F1.
 
@@ -341,7 +301,9 @@ def evaluate(
       celltune evaluate runs/unet --data data/neurips --split test
     """
     from celltune.evaluation.evaluate import evaluate_run
+    from celltune.rundir import RunDir
 
+    _start_compute()
     console = _console()
     s = evaluate_run(run, split=split, data_root=data, instance_method=instances)
     lo, hi = s["dice_ci95"]
@@ -353,18 +315,16 @@ def evaluate(
     console.print(s["empty_rule"])
     for failure in s["failures"]:
         console.print(f"[red]skipped[/] {failure['name']}: {failure['error']}")
-    console.print(f"Results: [bold]{Path(run) / 'eval' / split}[/]")
+    console.print(f"Results: [bold]{RunDir(run).eval_dir(split)}[/]")
     if s["failures"]:
         raise typer.Exit(1)
 
 
 @app.command()
 def report(
-    study_dir: Annotated[Path, typer.Argument(help="Study folder (one run folder per row).")],
-    title: Annotated[
-        str | None, typer.Option(help="Report title (default: the study's name).")
-    ] = None,
-    images: Annotated[int, typer.Option(help="Test images in the mask comparison grid.")] = 4,
+    study_dir: Annotated[Path, Arg(help="Study folder (one run folder per row).")],
+    title: Annotated[str | None, Opt(help="Report title (default: the study's name).")] = None,
+    images: Annotated[int, Opt(help="Test images in the mask comparison grid.")] = 4,
 ) -> None:
     """Regenerate results.md, results.csv, report.html and plots/ from a finished study folder.
 
@@ -379,44 +339,35 @@ def report(
     from celltune.report import regenerate, render_console
 
     console = _console()
-    report = regenerate(study_dir, title=title, grid_images=images)
-    render_console(report.results, console, report.paper, title=report.title)
-    console.print(f"Report: [bold]{report.paths['html']}[/]")
+    result = regenerate(study_dir, title=title, grid_images=images)
+    render_console(result.results, console, result.paper, title=result.title)
+    console.print(f"Report: [bold]{result.paths['html']}[/]")
 
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder (config.yaml, checkpoints/).")],
-    inputs: Annotated[
-        list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    tile: Annotated[
-        int | None, typer.Option(help="Tile side in pixels (default: the run's).")
-    ] = None,
+    run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
+    inputs: Annotated[list[str], Arg(help="Image files, folders or glob patterns (quote globs).")],
+    out: Annotated[Path, Opt("--out", help="Output folder.")],
+    tile: Annotated[int | None, Opt(help="Tile side in pixels (default: the run's).")] = None,
     overlap: Annotated[
-        float | None, typer.Option(help="Fraction of a tile shared with its neighbour.")
+        float | None, Opt(help="Fraction of a tile shared with its neighbour.")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Tiles per forward pass; bounds memory.")
-    ] = None,
-    tta: Annotated[bool, typer.Option(help="Average over 4 flips (4x slower).")] = False,
-    instances: Annotated[
-        str, typer.Option(help="Instance labels: watershed, components or none.")
-    ] = "watershed",
-    min_size: Annotated[int, typer.Option(help="Smallest cell kept, in pixels.")] = 16,
+    batch_size: Annotated[int | None, Opt(help="Tiles per forward pass; bounds memory.")] = None,
+    tta: Annotated[bool, Opt(help="Average over 4 flips (4x slower).")] = False,
+    instances: Annotated[str, Opt(help="Instance labels: watershed, components or none.")
+                         ] = "watershed",
+    min_size: Annotated[int, Opt(help="Smallest cell kept, in pixels.")] = 16,
     save_prob: Annotated[
-        bool, typer.Option(help="Also write <stem>_prob.tif (float32 probability).")
+        bool, Opt(help="Also write <stem>_prob.tif (float32 probability).")
     ] = False,
-    overlay: Annotated[bool, typer.Option(help="Write <stem>_overlay.png.")] = True,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="Override the run's probability threshold (binary heads)."),
-    ] = None,
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overlay: Annotated[bool, Opt(help="Write <stem>_overlay.png.")] = True,
+    threshold: Annotated[float | None, Opt(
+        help="Override the run's probability threshold (binary heads).")] = None,
+    checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
+    device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
+    overwrite: Annotated[bool, Opt(help="Replace existing outputs.")] = False,
+    progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
 ) -> None:
     """Segment images of any size with a trained run; write masks, labels, overlays, counts.
 
@@ -431,6 +382,7 @@ def predict(
     """
     from celltune.inference.batch import predict_files
 
+    _start_compute()
     console = _console()
     result = predict_files(
         run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
@@ -446,22 +398,18 @@ def predict(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder (config.yaml, checkpoints/).")],
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Model file to write (default: RUN/export/model.onnx or .pt)."),
-    ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
-    size: Annotated[
-        str | None,
-        typer.Option(help="Fixed input size HxW instead of dynamic height and width."),
-    ] = None,
+    run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
+    format: Annotated[str, Opt("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Path | None, Opt(
+        help="Model file to write (default: RUN/export/model.onnx or .pt).")] = None,
+    opset: Annotated[int, Opt(help="ONNX opset version.")] = 17,
+    size: Annotated[str | None, Opt(
+        help="Fixed input size HxW instead of dynamic height and width.")] = None,
     logits: Annotated[
-        bool, typer.Option(help="Export raw logits instead of the foreground probability.")
+        bool, Opt(help="Export raw logits instead of the foreground probability.")
     ] = False,
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+    checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
+    overwrite: Annotated[bool, Opt(help="Replace an existing export.")] = False,
 ) -> None:
     """Export a run's network to ONNX or TorchScript, with a JSON of what the input needs.
 
@@ -476,29 +424,25 @@ def export(
     """
     from celltune.inference.export import export_run, parse_size
 
-    result = export_run(
-        run, format=format, out=out, opset=opset, size=parse_size(size), logits=logits,
-        checkpoint=checkpoint, overwrite=overwrite,
-    )
+    result = export_run(run, format=format, out=out, opset=opset, size=parse_size(size),
+                        logits=logits, checkpoint=checkpoint, overwrite=overwrite)
     _console().print(result.summary(), highlight=False, soft_wrap=True)
 
 
 @app.command()
 def study(
-    config: Annotated[Path, typer.Argument(help="Study config YAML (see configs/).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to create.")] = Path(
+    config: Annotated[Path, Arg(help="Study config YAML (see configs/).")],
+    out: Annotated[Path, Opt("--out", "-o", help="Study folder to create.")] = Path(
         "studies/study"
     ),
-    data: Annotated[
-        Path | None, typer.Option(help="Dataset root for every row (overrides the config).")
-    ] = None,
-    rows: Annotated[
-        str | None, typer.Option(help="Comma-separated row names to run (default: all).")
-    ] = None,
+    data: Annotated[Path | None, Opt(
+        help="Dataset root for every row (overrides the config).")] = None,
+    rows: Annotated[str | None, Opt(
+        help="Comma-separated row names to run (default: all).")] = None,
     resume: Annotated[
-        bool, typer.Option(help="Skip finished rows and continue an interrupted one.")
+        bool, Opt(help="Skip finished rows and continue an interrupted one.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing study folder.")] = False,
+    overwrite: Annotated[bool, Opt(help="Replace an existing study folder.")] = False,
 ) -> None:
     """Train and evaluate every row of a study, then write results.md/csv and report.html.
 
@@ -508,25 +452,18 @@ def study(
 
       celltune study configs/neurips.yaml --out studies/neurips --resume
     """
-    from celltune.config import load_study_config
-    from celltune.report import collect, render_console, study_meta
-    from celltune.study import run_study
+    from celltune.report import render_console
+    from celltune.workflows.study import run_study
 
-    cfg = load_study_config(config)
-    if data is not None:
-        cfg.defaults.data.root = data
+    _start_compute()
     console = _console()
-    selected = rows.split(",") if rows else None
-    results = run_study(cfg, out, resume=resume, overwrite=overwrite, rows=selected,
-                        console=console)
-    from celltune.training.distributed import is_worker
-
-    if is_worker():  # a DDP worker process: rank 0 reports
+    outcome = run_study(config, out, resume=resume, overwrite=overwrite, data_root=data,
+                        rows=rows.split(",") if rows else None, console=console)
+    if outcome.report is None:  # a DDP worker process: rank 0 reports
         return
-    meta = study_meta(out)
-    render_console(collect(out, [r.run_dir.name for r in results], meta.get("labels")),
-                   console, paper=meta.get("paper"), title=meta.get("title"))
-    console.print(f"Report: [bold]{out / 'report.html'}[/]")
+    report = outcome.report
+    render_console(report.results, console, paper=report.paper, title=report.title)
+    console.print(f"Report: [bold]{report.paths['html']}[/]")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -543,22 +480,21 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
+def _stderr_line(markup: str, text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"{markup} {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
     """Warnings as one line on stderr, without the source line of the library."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(
-        f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
-    )
+    _stderr_line("[yellow]warning:[/]", str(message))
 
 
 def _fail(message: str, code: int) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _stderr_line("[bold red]error:[/]", message)
     sys.exit(code)
 
 

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from celltune.errors import ConfigError
+from celltune.io import write_text
 
 
 class _Section(BaseModel):
@@ -111,6 +113,12 @@ class TrainConfig(_Section):
         description="torch.compile the network: pays on long runs (inference 1.17x on a 2-core "
         "CPU after about a minute of compiling); off by default",
     )
+
+    @field_validator("devices")
+    @classmethod
+    def _device_count(cls, v: int | str) -> int | str:
+        # "2" from a command line or YAML string is a count, like 2; "auto" stays a word.
+        return int(v) if isinstance(v, str) and v.isdigit() else v
 
     @field_validator("val_every")
     @classmethod
@@ -255,6 +263,48 @@ def run_config_from_dict(data: dict[str, Any], source: str = "config") -> RunCon
     return _validate(RunConfig, data, source)
 
 
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.epochs": 5, "data.root": None}`` -> ``{"train": {"epochs": 5}}``.
+
+    Keys are dotted config paths; ``None`` values (an option that was not given) are left out.
+    """
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return out
+
+
+def run_config_with_overrides(
+    path: str | os.PathLike | None,
+    overrides: Mapping[str, Any],
+    *,
+    default_name: str | None = None,
+) -> RunConfig:
+    """A run config: the YAML at ``path`` (or the defaults), then ``overrides`` on top.
+
+    Args:
+        path: A run config YAML, or None for the defaults.
+        overrides: Dotted config paths -> values (``{"train.epochs": 5}``), as command-line
+            options give them; ``None`` means "not given" and keeps the YAML's value.
+        default_name: The run's name when neither the YAML nor the overrides set one
+            (``celltune train`` uses the run folder's name).
+
+    Raises:
+        ConfigError: the YAML or a value is invalid; the message names the source.
+    """
+    base = load_run_config(path).model_dump(mode="json") if path is not None else {}
+    merged = _deep_merge(base, nest(overrides))
+    if default_name is not None and merged.get("name") in (None, "run"):
+        merged["name"] = default_name
+    return run_config_from_dict(merged, str(path or "command line"))
+
+
 def to_yaml(config: BaseModel, provenance: dict[str, Any] | None = None) -> str:
     data = config.model_dump(mode="json")
     if provenance:
@@ -263,11 +313,9 @@ def to_yaml(config: BaseModel, provenance: dict[str, Any] | None = None) -> str:
 
 
 def save_run_config(
-    config: RunConfig, path: str | os.PathLike, provenance: dict[str, Any] | None = None
+    config: BaseModel, path: str | os.PathLike, provenance: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``config.yaml`` atomically, with package version and git commit if known."""
-    from celltune.io import write_text
-
+    """Write a run or study config as YAML atomically, with provenance when given."""
     return write_text(path, to_yaml(config, provenance))
 
 

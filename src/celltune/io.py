@@ -4,6 +4,8 @@ Images come back as float32 arrays of shape ``(H, W, C)`` with the raw intensiti
 (``C`` is 1 for grayscale, 3 for colour; an alpha channel is dropped). Call :func:`normalize`
 to map them to ``[0, 1]``. Labels come back as int32 instance maps ``(H, W)``, 0 = background.
 
+:func:`read_header` gives an image's shape and dtype without decoding its pixels.
+
 Example:
     >>> img = normalize(read_image("images/cell_00001.tif"))      # doctest: +SKIP
     >>> mask = to_binary(read_label("labels/cell_00001_label.tiff"))  # doctest: +SKIP
@@ -17,9 +19,12 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from celltune.errors import ImageReadError, OutputError
 
@@ -28,6 +33,32 @@ IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _MAX_CHANNELS = 4
 # Percentiles are estimated on at most this many pixels: exact enough, and bounded in time.
 _PERCENTILE_SAMPLE = 4_000_000
+# PIL mode -> (numpy dtype name, channels in the file), for headers read without decoding.
+_PIL_MODES: dict[str, tuple[str, int]] = {
+    "1": ("bool", 1),
+    "L": ("uint8", 1),
+    "P": ("uint8", 3),  # palette images are read as RGB
+    "LA": ("uint8", 2),
+    "RGB": ("uint8", 3),
+    "RGBA": ("uint8", 4),
+    "CMYK": ("uint8", 4),
+    "YCbCr": ("uint8", 3),
+    "I": ("int32", 1),
+    "I;16": ("uint16", 1),
+    "I;16B": ("uint16", 1),
+    "I;16L": ("uint16", 1),
+    "F": ("float32", 1),
+}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """Shape and type of an image file, read without decoding its pixels."""
+
+    height: int
+    width: int
+    channels: int
+    dtype: str
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -84,8 +115,6 @@ def quiet_tifffile() -> Iterator[None]:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
     with quiet_tifffile(), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ImageReadError(
@@ -96,8 +125,6 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_pillow(path: Path) -> np.ndarray:
-    from PIL import Image
-
     Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimate input here
     with Image.open(path) as im:
         im.load()
@@ -106,6 +133,78 @@ def _read_pillow(path: Path) -> np.ndarray:
         elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
             im = im.convert("L" if im.mode == "1" else "RGB")
         return np.asarray(im)
+
+
+# --- headers (no pixel decoding) -----------------------------------------------------------
+
+
+def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(H, W, C) of a raw array shape by :func:`read_image`'s rules; None for stacks/volumes."""
+    dims = tuple(d for d in shape if d != 1) if len(shape) > 2 else tuple(shape)
+    if len(dims) == 2:
+        return dims[0], dims[1], 1
+    if len(dims) == 3:
+        first, last = dims[0], dims[-1]
+        if last <= _MAX_CHANNELS and (first > _MAX_CHANNELS or first >= last):
+            return dims[0], dims[1], last
+        if first <= _MAX_CHANNELS:
+            return dims[1], dims[2], first
+    return None
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """Shape, channels and dtype of an image file without decoding its pixels.
+
+    The channel count follows :func:`read_image`'s axis rules, before it drops an alpha
+    channel (an RGBA file reports 4).
+
+    Raises:
+        ImageReadError: the file is missing or empty, the header cannot be parsed, the image
+            is a stack, or a TIFF's pixel data runs past the end of the file (truncated).
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is missing or empty.")
+    try:
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            shape, dtype = _tiff_header(path)
+        else:
+            shape, dtype = _pillow_header(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoders raise many types; the user needs the file name
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageReadError(f"{path}: header cannot be read ({reason}).") from exc
+    hwc = _hwc(shape)
+    if hwc is None:
+        raise ImageReadError(f"{path}: has shape {shape}, a stack or volume, not a 2-D image.")
+    return ImageHeader(hwc[0], hwc[1], hwc[2], dtype)
+
+
+def _tiff_header(path: Path) -> tuple[tuple[int, ...], str]:
+    size = path.stat().st_size
+    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ImageReadError(f"{path}: TIFF contains no image data.")
+        series = tif.series[0]
+        # Strip/tile offsets are in the header: data ending past EOF means a truncated file.
+        for page in series.pages:
+            if page is None:
+                continue
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
+            if ends and max(ends) > size:
+                raise ImageReadError(f"{path}: TIFF is truncated (pixel data ends past the file).")
+        return tuple(int(d) for d in series.shape), str(series.dtype)
+
+
+def _pillow_header(path: Path) -> tuple[tuple[int, ...], str]:
+    Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimate input here
+    with Image.open(path) as im:
+        width, height = im.size
+        dtype, channels = _PIL_MODES.get(im.mode, (im.mode, len(im.getbands())))
+        im.verify()  # checks chunk CRCs for PNG without decoding pixels
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return shape, dtype
 
 
 def _as_hwc(array: np.ndarray, path: Path) -> np.ndarray:
@@ -313,8 +412,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str = "zlib") -> Path:
     """Write a 2-D or ``(H, W, C)`` array as a compressed TIFF, atomically."""
-    import tifffile
-
     arr = np.asarray(array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -326,8 +423,6 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str = "z
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Write a uint8/uint16 gray or RGB(A) array as PNG, atomically."""
-    from PIL import Image
-
     arr = np.asarray(array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255

@@ -30,18 +30,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import albumentations as A
 import cv2
 import numpy as np
 
-from celltune.data.targets import boundary_mask
 from celltune.registry import Registry
-
-if TYPE_CHECKING:  # matplotlib is imported only when a preview is drawn
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 AUGMENTATIONS: Registry[Callable[[], list[A.BasicTransform]]] = Registry("augmentation preset")
 
@@ -176,44 +170,25 @@ def build_augmentation(name: str) -> Augmentation | None:
     return Augmentation(name.lower(), transforms)
 
 
-def preview_grid(
+def augmented_views(
     image: np.ndarray, mask: np.ndarray, preset: str, n: int = 8, seed: int = 0
-) -> Figure:
-    """Render ``n`` augmented versions of one pair, each with the mask outline drawn on top.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` augmented versions of one pair, for a preview.
+
+    :func:`celltune.viz.datasets.augmentation_preview` draws them.
 
     Args:
         image: float32 ``(H, W, C)`` in ``[0, 1]`` with C = 1 or 3.
         mask: integer ``(H, W)``: binary mask or instance map.
-        preset: augmentation preset name.
-        n: number of panels.
-        seed: the panels use seeds derived from this, so the figure is reproducible.
+        preset: augmentation preset name (``none`` repeats the pair unchanged).
+        n: number of views.
+        seed: the views use seeds derived from this, so they are reproducible.
 
-    Returns:
-        A matplotlib Figure; the caller saves it.
+    Raises:
+        ConfigError: unknown preset; the message lists the valid names.
     """
-    from matplotlib.figure import Figure
-
     augment = build_augmentation(preset)
+    if augment is None:
+        return [(image, mask) for _ in range(n)]
     seeds = np.random.SeedSequence(seed).generate_state(n)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig = Figure(figsize=(3 * cols, 3 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for k, ax in enumerate(axes):
-        ax.set_axis_off()
-        if k >= n:
-            continue
-        img, msk = (image, mask) if augment is None else augment(image, mask, int(seeds[k]))
-        _show_pair(ax, img, msk)
-        ax.set_title(f"{preset} #{k}", fontsize=9)
-    return fig
-
-
-def _show_pair(ax: Axes, image: np.ndarray, mask: np.ndarray) -> None:
-    shown = image[..., 0] if image.shape[-1] == 1 else image
-    ax.imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    overlay = np.zeros((*mask.shape, 4), dtype=np.float32)
-    # Outlines from instance ids also separate touching cells, which a contour of mask > 0
-    # would merge.
-    overlay[boundary_mask(mask)] = (1.0, 0.85, 0.0, 1.0)
-    ax.imshow(overlay, interpolation="nearest")
+    return [augment(image, mask, int(s)) for s in seeds]

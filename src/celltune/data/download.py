@@ -4,6 +4,10 @@ Each archive streams to ``<name>.incomplete`` (resumed with an HTTP Range reques
 partial file exists), is checked against its SHA-256, renamed into place and unzipped into
 the root. A ``.<name>.extracted`` marker makes a second run a no-op that touches no network.
 
+Nothing here draws: status lines go to a ``log`` callable and the progress bar, if any, is
+opened by a ``bar`` factory the caller passes (the CLI passes the terminal bar from
+:mod:`celltune.report`).
+
 Example:
     >>> download_neurips("data/neurips", parts=("training", "tuning"))  # doctest: +SKIP
     [PosixPath('data/neurips/Training-labeled.zip'), PosixPath('data/neurips/Tuning.zip')]
@@ -20,6 +24,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,6 +51,12 @@ NEURIPS_ARCHIVES: dict[str, tuple[str, str]] = {
 DEFAULT_PARTS = ("training", "tuning")
 _CHUNK = 1 << 20
 
+#: Receives the one-line status messages ("verified; extracting into ...").
+Log = Callable[[str], None]
+#: Opens a progress bar for one file: ``bar(name, total_bytes_or_None, bytes_already_there)``
+#: is a context manager that yields ``advance(n_bytes)``.
+ProgressBar = Callable[[str, int | None, int], AbstractContextManager[Callable[[int], None]]]
+
 
 def download_neurips(
     root: str | os.PathLike,
@@ -55,7 +66,8 @@ def download_neurips(
     archives: Mapping[str, tuple[str, str]] | None = None,
     progress: bool = True,
     timeout: float = 60.0,
-    console: Any = None,
+    log: Log | None = None,
+    bar: ProgressBar | None = None,
 ) -> list[Path]:
     """Download, verify and unzip the chosen NeurIPS archives into ``root``.
 
@@ -64,9 +76,10 @@ def download_neurips(
         parts: any of ``training``, ``tuning``, ``testing``.
         base_url: where ``<base_url>/<archive name>`` is fetched from.
         archives: part -> (file name, SHA-256); defaults to :data:`NEURIPS_ARCHIVES`.
-        progress: show a progress bar and short status lines.
+        progress: show short status lines and the progress bar; ``False`` shows nothing.
         timeout: seconds to wait for the server before giving up.
-        console: rich console for output (a new one when None).
+        log: where the status lines go when ``progress`` is on (default: printed to stdout).
+        bar: draws the download progress when ``progress`` is on (default: no bar).
 
     Returns:
         The archive paths, one per part (an archive deleted after extraction is not fetched
@@ -87,28 +100,28 @@ def download_neurips(
         )
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    if progress and console is None:
-        from rich.console import Console
-
-        console = Console()
-    say = _printer(progress, console)
-    bar_console = console if progress else None
     fetched = []
     for part in wanted:
         filename, sha256 = table[part]
         url = f"{base_url.rstrip('/')}/{urllib.parse.quote(filename)}"
         fetched.append(
             fetch_archive(
-                url, root / filename, sha256, timeout=timeout, say=say, console=bar_console
+                url, root / filename, sha256, timeout=timeout, log=_say(progress, log),
+                bar=bar if progress else None,
             )
         )
     return fetched
 
 
-def _printer(enabled: bool, console: Any) -> Callable[[str], None]:
-    if not enabled:
-        return lambda message: None
-    return lambda message: console.print(message, highlight=False)
+def _say(progress: bool, log: Log | None) -> Log:
+    """The status-line sink: nothing without ``progress``, else ``log`` or stdout."""
+    if not progress:
+        return _silent
+    return log if log is not None else print
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def fetch_archive(
@@ -117,23 +130,23 @@ def fetch_archive(
     sha256: str,
     *,
     timeout: float = 60.0,
-    say: Callable[[str], None] = print,
-    console: Any = None,
+    log: Log = print,
+    bar: ProgressBar | None = None,
 ) -> Path:
     """Make sure ``archive`` is downloaded, verified and extracted beside itself; idempotent.
 
-    ``console`` (a rich Console) shows a progress bar; None downloads silently.
+    Status lines go to ``log``; ``bar`` (see :data:`ProgressBar`) shows the download.
     """
     marker = archive.with_name(f".{archive.name}.extracted")
     if marker.is_file() and marker.read_text(encoding="utf-8").strip() == sha256:
-        say(f"{archive.name}: already downloaded and extracted.")
+        log(f"{archive.name}: already downloaded and extracted.")
         return archive
     if archive.is_file() and file_sha256(archive) != sha256:
-        say(f"{archive.name}: existing file fails its checksum; downloading it again.")
+        log(f"{archive.name}: existing file fails its checksum; downloading it again.")
         archive.unlink()
     if not archive.is_file():
-        download_file(url, archive, sha256, timeout=timeout, console=console)
-    say(f"{archive.name}: verified; extracting into {archive.parent}.")
+        download_file(url, archive, sha256, timeout=timeout, bar=bar)
+    log(f"{archive.name}: verified; extracting into {archive.parent}.")
     extract_zip(archive, archive.parent)
     write_text(marker, sha256 + "\n")
     return archive
@@ -149,11 +162,11 @@ def file_sha256(path: Path) -> str:
 
 
 def download_file(
-    url: str, dest: Path, sha256: str, *, timeout: float = 60.0, console: Any = None
+    url: str, dest: Path, sha256: str, *, timeout: float = 60.0, bar: ProgressBar | None = None
 ) -> Path:
     """Stream ``url`` to ``dest`` via ``dest.incomplete``, resuming it; verify, then rename.
 
-    A progress bar is drawn on ``console`` (a rich Console) when one is given.
+    ``bar`` (see :data:`ProgressBar`) is opened for the transfer when given.
 
     Raises:
         DownloadError: unreachable server, HTTP error, broken-off transfer (the partial file is
@@ -177,7 +190,7 @@ def download_file(
         total = None if length is None else offset + int(length)
         with (
             partial.open("ab" if offset else "wb") as out,
-            _bar(console, dest.name, total, offset) as advance,
+            (bar or _no_bar)(dest.name, total, offset) as advance,
         ):
             _stream(response, out, digest, advance, url, total)
     _verify_and_place(partial, dest, sha256, digest.hexdigest())
@@ -246,23 +259,8 @@ def _verify_and_place(partial: Path, dest: Path, expected: str, actual: str) -> 
 
 
 @contextlib.contextmanager
-def _bar(console: Any, name: str, total: int | None, done: int) -> Iterator[Callable[[int], None]]:
-    if console is None:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
-    with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(name, total=total, completed=done)
-        yield lambda n: bar.advance(task, n)
+def _no_bar(name: str, total: int | None, done: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
 
 
 def _unsafe(name: str, dest: Path) -> bool:

@@ -1,7 +1,7 @@
 """What is in a dataset root: counts, formats, sizes, what each filter keeps, label statistics.
 
-Image headers are read without decoding pixels (tifffile page shapes, PIL size and mode), so
-a summary of the full NeurIPS set is quick; label files are decoded for cell counts unless
+Image headers are read without decoding pixels (:func:`celltune.io.read_header`), so a
+summary of the full NeurIPS set is quick; label files are decoded for cell counts unless
 ``read_pixels=False``. A file that cannot be read is listed and the summary goes on.
 
 Example:
@@ -23,38 +23,9 @@ import numpy as np
 from celltune.data.neurips import FILTERS, Discovery, apply_filter, discover
 from celltune.data.samples import Sample
 from celltune.errors import CelltuneError
-from celltune.io import TIFF_EXTENSIONS, quiet_tifffile, read_label
+from celltune.io import ImageHeader, read_header, read_label
 
-# PIL mode -> (numpy dtype name, channels in the file).
-_PIL_MODES: dict[str, tuple[str, int]] = {
-    "1": ("bool", 1),
-    "L": ("uint8", 1),
-    "P": ("uint8", 3),  # palette images are read as RGB
-    "LA": ("uint8", 2),
-    "RGB": ("uint8", 3),
-    "RGBA": ("uint8", 4),
-    "CMYK": ("uint8", 4),
-    "YCbCr": ("uint8", 3),
-    "I": ("int32", 1),
-    "I;16": ("uint16", 1),
-    "I;16B": ("uint16", 1),
-    "I;16L": ("uint16", 1),
-    "F": ("float32", 1),
-}
-_MAX_CHANNELS = 4
-_CHANNEL_NAMES = {1: "gray", 3: "rgb", 4: "rgba"}
 _BINCOUNT_LIMIT = 1 << 20
-_SHOW = 10  # files listed per problem table before "... and N more"
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """Shape and type of an image file, read without decoding its pixels."""
-
-    height: int
-    width: int
-    channels: int
-    dtype: str
 
 
 @dataclass
@@ -94,7 +65,10 @@ class SplitSummary:
 
 @dataclass
 class DatasetSummary:
-    """A dataset root at a glance; :meth:`to_dict` for JSON, :meth:`render` for people."""
+    """A dataset root at a glance; :meth:`to_dict` for JSON.
+
+    Tables for people are drawn by :mod:`celltune.report`.
+    """
 
     root: Path
     layout: str
@@ -114,16 +88,6 @@ class DatasetSummary:
             "unreadable": [{"path": str(p), "problem": why} for p, why in self.unreadable],
         }
 
-    def render(self, console: Any) -> None:
-        """Print rich tables to ``console`` (a :class:`rich.console.Console`)."""
-        for table in (_overview_table(self), _filter_table(self), _label_table(self)):
-            console.print(table)
-        problems = _problem_table(self)
-        if problems.row_count:
-            console.print(problems)
-        else:
-            console.print("No unpaired or unreadable files.")
-
 
 def _split_dict(s: SplitSummary) -> dict[str, Any]:
     return {
@@ -138,78 +102,6 @@ def _split_dict(s: SplitSummary) -> dict[str, Any]:
         "filters": {k: {"kept": f.kept, "dropped": f.dropped} for k, f in s.filters.items()},
         "labels": None if s.labels is None else vars(s.labels).copy(),
     }
-
-
-# --- headers -----------------------------------------------------------------------------
-
-
-def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """(H, W, C) of a raw array shape by io.read_image's rules; None for stacks/volumes."""
-    dims = tuple(d for d in shape if d != 1) if len(shape) > 2 else tuple(shape)
-    if len(dims) == 2:
-        return dims[0], dims[1], 1
-    if len(dims) == 3:
-        first, last = dims[0], dims[-1]
-        if last <= _MAX_CHANNELS and (first > _MAX_CHANNELS or first >= last):
-            return dims[0], dims[1], last
-        if first <= _MAX_CHANNELS:
-            return dims[1], dims[2], first
-    return None
-
-
-def read_header(path: Path) -> ImageHeader:
-    """Shape, channels and dtype of an image file without decoding its pixels.
-
-    Raises:
-        CelltuneError: the header cannot be parsed, the image is a stack, or a TIFF's pixel
-            data runs past the end of the file (truncated).
-    """
-    if not path.is_file() or path.stat().st_size == 0:
-        raise CelltuneError(f"{path}: file is missing or empty.")
-    try:
-        if path.suffix.lower() in TIFF_EXTENSIONS:
-            shape, dtype = _tiff_header(path)
-        else:
-            shape, dtype = _pillow_header(path)
-    except CelltuneError:
-        raise
-    except Exception as exc:  # decoders raise many types; the user needs the file name
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CelltuneError(f"{path}: header cannot be read ({reason}).") from exc
-    hwc = _hwc(shape)
-    if hwc is None:
-        raise CelltuneError(f"{path}: has shape {shape}, a stack or volume, not a 2-D image.")
-    return ImageHeader(hwc[0], hwc[1], hwc[2], dtype)
-
-
-def _tiff_header(path: Path) -> tuple[tuple[int, ...], str]:
-    import tifffile
-
-    size = path.stat().st_size
-    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise CelltuneError(f"{path}: TIFF contains no image data.")
-        series = tif.series[0]
-        # Strip/tile offsets are in the header: data ending past EOF means a truncated file.
-        for page in series.pages:
-            if page is None:
-                continue
-            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
-            if ends and max(ends) > size:
-                raise CelltuneError(f"{path}: TIFF is truncated (pixel data ends past the file).")
-        return tuple(int(d) for d in series.shape), str(series.dtype)
-
-
-def _pillow_header(path: Path) -> tuple[tuple[int, ...], str]:
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimate input (as in io)
-    with Image.open(path) as im:
-        width, height = im.size
-        dtype, channels = _PIL_MODES.get(im.mode, (im.mode, len(im.getbands())))
-        im.verify()  # checks chunk CRCs for PNG without decoding pixels
-    shape = (height, width) if channels == 1 else (height, width, channels)
-    return shape, dtype
 
 
 # --- summary -----------------------------------------------------------------------------
@@ -319,107 +211,3 @@ def _label_stats(
         cells_max=max(cells),
         foreground_mean=float(np.mean(foreground)),
     )
-
-
-# --- rendering ---------------------------------------------------------------------------
-
-
-def _fmt_counts(counts: dict[Any, int]) -> str:
-    # One entry per line keeps the table narrow enough for an 80-column terminal.
-    return "\n".join(f"{k} {v}" for k, v in counts.items()) or "-"
-
-
-def _fmt_range(span: tuple[int, int] | None) -> str:
-    if span is None:
-        return "-"
-    return str(span[0]) if span[0] == span[1] else f"{span[0]}-{span[1]}"
-
-
-def _overview_table(summary: DatasetSummary) -> Any:
-    from rich.table import Table
-
-    folders = ", ".join(f"{s.name} = {_relative(s.folder, summary.root)}" for s in summary.splits)
-    table = Table(
-        title=f"Dataset {summary.root} ({summary.layout} layout)",
-        title_justify="left",
-        caption=f"folders: {folders}",
-        caption_justify="left",
-    )
-    for column in ("split", "images", "extensions", "dtypes", "channels", "H", "W"):
-        table.add_column(
-            column,
-            justify="right" if column == "images" else "left",
-            no_wrap=column in ("split", "images", "H", "W"),
-        )
-    for s in summary.splits:
-        table.add_row(
-            s.name,
-            str(s.images),
-            _fmt_counts(s.extensions),
-            _fmt_counts(s.dtypes),
-            _fmt_counts({_CHANNEL_NAMES.get(c, f"{c}ch"): n for c, n in s.channels.items()}),
-            _fmt_range(s.height),
-            _fmt_range(s.width),
-        )
-    return table
-
-
-def _filter_table(summary: DatasetSummary) -> Any:
-    from rich.table import Table
-
-    table = Table(title="Filters", title_justify="left")
-    for column in ("split", "filter", "kept", "dropped"):
-        table.add_column(column, justify="right" if column == "kept" else "left")
-    for s in summary.splits:
-        for name, count in s.filters.items():
-            dropped = "\n".join(f"{n}: {why}" for why, n in count.dropped.items())
-            table.add_row(s.name, name, f"{count.kept}/{s.images}", dropped or "-")
-    return table
-
-
-def _label_table(summary: DatasetSummary) -> Any:
-    from rich.table import Table
-
-    table = Table(title="Labels", title_justify="left")
-    for column in ("split", "read", "cells min", "median", "max", "foreground (mean)"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for s in summary.splits:
-        lab = s.labels
-        if lab is None:
-            table.add_row(s.name, "-", "-", "-", "-", "-")
-            continue
-        table.add_row(
-            s.name,
-            str(lab.read),
-            str(lab.cells_min),
-            f"{lab.cells_median:g}",
-            str(lab.cells_max),
-            f"{lab.foreground_mean:.3f}",
-        )
-    return table
-
-
-def _problem_table(summary: DatasetSummary) -> Any:
-    from rich.table import Table
-
-    table = Table(title="Problems", title_justify="left")
-    for column in ("kind", "file", "problem"):
-        table.add_column(column, no_wrap=column == "kind")
-    groups = (
-        ("unpaired image", [(p, "no label file") for p in summary.unpaired_images]),
-        ("unpaired label", [(p, "no image file") for p in summary.unpaired_labels]),
-        ("unreadable", summary.unreadable),
-    )
-    for kind, rows in groups:
-        for path, why in rows[:_SHOW]:
-            table.add_row(kind, _relative(path, summary.root), why)
-        if len(rows) > _SHOW:
-            table.add_row(kind, f"... and {len(rows) - _SHOW} more", "")
-    return table
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root)) or "."
-    except ValueError:
-        return str(path)

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +27,10 @@ from celltune.data.synth_render import RENDERERS, camera, to_rgb8
 from celltune.errors import ConfigError, DataError
 from celltune.io import normalize, read_image, read_label, write_png, write_text, write_tiff
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 MODALITIES = ("fluorescence", "phase_contrast", "brightfield", "dic")
 GENERATOR_VERSION = 1
 MIN_SIZE = 16
 MANIFEST = "synthetic.json"
-_OUTLINE_RGB = np.array([1.0, 0.85, 0.0], np.float32)
 
 
 @dataclass
@@ -47,6 +43,15 @@ class SyntheticImage:
     params: LayoutParams
     cells: int  # visible cells = number of label ids
     drawn: int  # cells painted, including fully occluded ones that were dropped
+
+
+@dataclass
+class SheetPanel:
+    """One image of a contact sheet, ready to draw (see :func:`contact_sheet_panels`)."""
+
+    image: np.ndarray  # float32 (H, W, 3) in [0, 1]: the normalised image as RGB
+    outline: np.ndarray | None  # bool (H, W) instance boundaries; None without labels
+    title: str  # "<file name>\n<modality>"
 
 
 def generate(
@@ -229,48 +234,38 @@ def outline(labels: np.ndarray) -> np.ndarray:
     return edge & (labels > 0)
 
 
-def _panel(image_path: Path, label_path: Path, outlines: bool) -> np.ndarray:
+def _panel_rgb(image_path: Path) -> np.ndarray:
     shown = normalize(read_image(image_path))
-    rgb = np.repeat(shown, 3, axis=-1) if shown.shape[-1] == 1 else shown[..., :3]
-    if outlines and label_path.is_file():
-        edge = outline(read_label(label_path, shape=rgb.shape[:2]))
-        rgb[edge] = 0.35 * rgb[edge] + 0.65 * _OUTLINE_RGB
-    return rgb
+    return np.repeat(shown, 3, axis=-1) if shown.shape[-1] == 1 else shown[..., :3]
 
 
-def contact_sheet(root: str | os.PathLike, max_images: int = 16, outlines: bool = True) -> Figure:
-    """Grid of a dataset's first images (normalised) with label outlines and modality titles.
+def contact_sheet_panels(
+    root: str | os.PathLike, max_images: int = 16, outlines: bool = True
+) -> list[SheetPanel]:
+    """A dataset's first images (normalised RGB), their label outlines and modality titles.
+
+    :func:`celltune.viz.datasets.contact_sheet` draws them.
+
+    Args:
+        root: dataset folder with ``images/cell_*.*`` (and ``labels/``, ``synthetic.json``).
+        max_images: how many images, in file-name order.
+        outlines: read the label files for instance outlines.
 
     Raises:
         DataError: ``root`` has no ``images/`` folder with readable images.
     """
-    from matplotlib.figure import Figure
-
     root = Path(root)
     images = sorted(p for p in (root / "images").glob("cell_*.*") if p.is_file())[:max_images]
     if not images:
         raise DataError(f"{root}: no images/cell_*.* files; write a dataset there first.")
     modality = {r["name"]: r["modality"] for r in read_manifest(root).get("images", [])}
-    cols = min(4, len(images))
-    rows = -(-len(images) // cols)
-    fig = Figure(figsize=(3.2 * cols, 3.4 * rows), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for ax, path in zip(axes.ravel(), images, strict=False):
+    panels = []
+    for path in images:
+        rgb = _panel_rgb(path)
         label_path = root / "labels" / f"{path.stem}_label.tiff"
-        ax.imshow(_panel(path, label_path, outlines), interpolation="nearest")
-        ax.set_title(f"{path.name}\n{modality.get(path.stem, 'unknown')}", fontsize=9)
-    return fig
-
-
-def save_contact_sheet(
-    root: str | os.PathLike, out_png: str | os.PathLike, max_images: int = 16
-) -> Path:
-    """Render :func:`contact_sheet` and write it atomically as a PNG; returns ``out_png``."""
-    from celltune.io import atomic_path
-
-    fig = contact_sheet(root, max_images=max_images)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(out_png)
+        edge = None
+        if outlines and label_path.is_file():
+            edge = outline(read_label(label_path, shape=rgb.shape[:2]))
+        title = f"{path.name}\n{modality.get(path.stem, 'unknown')}"
+        panels.append(SheetPanel(rgb, edge, title))
+    return panels

@@ -7,9 +7,6 @@ A bad image in the split is reported in the summary and skipped; the rest go on.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -18,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import Progress
 
+from celltune.config import RunConfig
+from celltune.data.neurips import make_splits
 from celltune.data.samples import Sample, Splits
-from celltune.errors import CelltuneError, DataError, RunError
+from celltune.errors import CelltuneError, DataError
 from celltune.evaluation.metrics import (
     EMPTY_RULE,
     confusion,
@@ -30,8 +30,12 @@ from celltune.evaluation.metrics import (
     pooled_dice,
     pooled_iou,
 )
+from celltune.evaluation.stats import bootstrap_ci
 from celltune.evaluation.threshold import ThresholdAccumulator, ThresholdResult
-from celltune.io import read_image, read_label, to_binary, write_png, write_text
+from celltune.inference.instances import label_instances_tiled
+from celltune.inference.predict import Predictor
+from celltune.io import read_image, read_label, to_binary
+from celltune.rundir import RunDir
 
 PER_IMAGE_COLUMNS = (
     "name", "dice", "iou", "tp", "fp", "fn", "tn", "cells_true", "cells_pred",
@@ -43,8 +47,6 @@ def _progress(items: list[Any], description: str, enabled: bool) -> Iterator[Any
     if not enabled:
         yield from items
         return
-    from rich.progress import Progress
-
     with Progress(transient=True) as bar:
         task = bar.add_task(description, total=len(items))
         for item in items:
@@ -52,18 +54,20 @@ def _progress(items: list[Any], description: str, enabled: bool) -> Iterator[Any
             bar.advance(task)
 
 
-def run_splits(run: Path, data_root: str | os.PathLike | None = None) -> Splits:
+def _run(run: str | os.PathLike | RunDir) -> RunDir:
+    return run if isinstance(run, RunDir) else RunDir(run)
+
+
+def run_splits(
+    run: str | os.PathLike | RunDir,
+    data_root: str | os.PathLike | None = None,
+    config: RunConfig | None = None,
+) -> Splits:
     """The run's saved splits, or splits rebuilt on another data root with the run's rules."""
-    from celltune.config import load_run_config
-
+    run = _run(run)
     if data_root is None:
-        path = run / "splits.json"
-        if not path.is_file():
-            raise RunError(f"{run}: no splits.json; pass --data to choose the images.")
-        return Splits.load(path)
-    from celltune.data.neurips import make_splits
-
-    cfg = load_run_config(run / "config.yaml")
+        return run.read_splits()
+    cfg = config or run.read_config()
     data = cfg.data.model_copy(update={"root": Path(data_root)})
     return make_splits(data, seed=cfg.train.seed)
 
@@ -87,38 +91,40 @@ def _predictions(
 
 
 def choose_threshold(
-    run: str | os.PathLike, *, predictor: Any = None, progress: bool = True
+    run: str | os.PathLike | RunDir,
+    *,
+    predictor: Predictor | None = None,
+    config: RunConfig | None = None,
+    progress: bool = True,
 ) -> ThresholdResult:
     """Sweep thresholds on the run's validation split and write ``threshold.json``.
 
     Binary heads get the threshold with the best mean per-image Dice. Two-class heads use
-    argmax, equivalent to 0.5; their curve is still recorded for the figures.
+    argmax, equivalent to 0.5; their curve is still recorded for the figures. ``predictor``
+    and ``config`` are the run's own when the caller has already loaded them.
     """
-    from celltune.config import load_run_config
-    from celltune.inference.predict import Predictor
-
-    run = Path(run)
-    cfg = load_run_config(run / "config.yaml")
-    predictor = predictor or Predictor.from_run(run, threshold=0.5)
+    run = _run(run)
+    cfg = config or run.read_config()
+    predictor = predictor or Predictor.from_run(run, config=cfg)
     acc = ThresholdAccumulator()
     failures: list[dict[str, str]] = []
-    val = run_splits(run).val
+    val = run.read_splits().val
     for _, prob, labels in _predictions(predictor, val, "threshold sweep", progress, failures):
         acc.add(prob, to_binary(labels))
     if not len(acc):
-        raise DataError(f"{run}: no readable validation images to choose a threshold on.")
+        raise DataError(f"{run.path}: no readable validation images to choose a threshold on.")
     t = cfg.threshold
     result = acc.result(t.start, t.stop, t.step, t.refine)
     if cfg.model.head == "two_class":
         at_half = float(acc.mean_dice([0.5])[0])
         result = replace(result, best_threshold=0.5, best_dice=at_half,
                          criterion="argmax of the two-class softmax (equivalent to 0.5)")
-    result.save(run / "threshold.json")
+    run.write_threshold(result)
     return result
 
 
 def evaluate_run(
-    run: str | os.PathLike,
+    run: str | os.PathLike | RunDir,
     *,
     split: str = "test",
     data_root: str | os.PathLike | None = None,
@@ -126,36 +132,31 @@ def evaluate_run(
     bootstrap: int | None = None,
     progress: bool = True,
     save_masks: bool = True,
+    predictor: Predictor | None = None,
+    config: RunConfig | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained run on ``split``; returns the summary (also written to disk)."""
-    from celltune.config import load_run_config
-    from celltune.evaluation.instances import label_instances_tiled
-    from celltune.inference.predict import Predictor
+    """Evaluate a trained run on ``split``; returns the summary (also written to disk).
 
-    run = Path(run)
-    cfg = load_run_config(run / "config.yaml")
-    samples = run_splits(run, data_root)[split]
+    ``predictor`` (with the run's chosen threshold) and ``config`` are the run's own when the
+    caller has already loaded them.
+    """
+    run = _run(run)
+    cfg = config or run.read_config()
+    samples = run_splits(run, data_root, cfg)[split]
     if not samples:
-        raise DataError(f"{run}: the {split} split has no images.")
-    predictor = Predictor.from_run(run)
-    out = run / "eval" / split
-    rows: list[dict[str, Any]] = []
+        raise DataError(f"{run.path}: the {split} split has no images.")
+    predictor = predictor or Predictor.from_run(run, config=cfg)
     failures: list[dict[str, str]] = []
-    for sample, prob, labels in _predictions(predictor, samples, f"evaluate {split}",
-                                             progress, failures):
-        mask = prob >= predictor.threshold
-        counts = confusion(mask, to_binary(labels))
-        # F1 at IoU 0.5, 0.55, ..., 0.9; the first entry is the challenge's F1.
-        inst = instance_scores(labels, label_instances_tiled(mask, method=instance_method))
-        rows.append({
-            "name": sample.name, "dice": dice(counts), "iou": iou(counts), **counts._asdict(),
-            "cells_true": inst["n_gt"], "cells_pred": inst["n_pred"],
-            "f1_iou50": inst["f1"][0], "f1_mean_50_90": inst["mean_f1"],
-        })
-        if save_masks:
-            write_png(out / "masks" / f"{sample.name}.png", mask.astype(np.uint8) * 255)
+    rows = [
+        _score_image(run, split, sample, prob, labels, predictor.threshold, instance_method,
+                     save_masks)
+        for sample, prob, labels in _predictions(predictor, samples, f"evaluate {split}",
+                                                 progress, failures)
+    ]
     if not rows:
-        raise DataError(f"{run}: no readable images in the {split} split; see the errors above.")
+        raise DataError(
+            f"{run.path}: no readable images in the {split} split; see the errors above."
+        )
     n_boot = cfg.eval.bootstrap if bootstrap is None else bootstrap
     summary = summarize_rows(rows, n_boot=n_boot, seed=cfg.train.seed)
     summary.update({
@@ -163,15 +164,31 @@ def evaluate_run(
         "model": cfg.model.name, "instance_method": instance_method,
         "data_root": str(data_root or cfg.data.root), "failures": failures,
     })
-    write_per_image(out / "per_image.csv", rows)
-    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    run.write_per_image(split, rows, PER_IMAGE_COLUMNS)
+    run.write_summary(split, summary)
     return summary
+
+
+def _score_image(
+    run: RunDir, split: str, sample: Sample, prob: np.ndarray, labels: np.ndarray,
+    threshold: float, instance_method: str, save_mask: bool,
+) -> dict[str, Any]:
+    """One image's row of ``per_image.csv``; its mask is saved on the way."""
+    mask = prob >= threshold
+    counts = confusion(mask, to_binary(labels))
+    # F1 at IoU 0.5, 0.55, ..., 0.9; the first entry is the challenge's F1.
+    inst = instance_scores(labels, label_instances_tiled(mask, method=instance_method))
+    if save_mask:
+        run.write_mask(split, sample.name, mask)
+    return {
+        "name": sample.name, "dice": dice(counts), "iou": iou(counts), **counts._asdict(),
+        "cells_true": inst["n_gt"], "cells_pred": inst["n_pred"],
+        "f1_iou50": inst["f1"][0], "f1_mean_50_90": inst["mean_f1"],
+    }
 
 
 def summarize_rows(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Means, pooled scores and bootstrap 95% confidence intervals of per-image rows."""
-    from celltune.evaluation.stats import bootstrap_ci
-
     counts = np.array([[r["tp"], r["fp"], r["fn"], r["tn"]] for r in rows], dtype=np.int64)
     summary: dict[str, Any] = {"n_images": len(rows), "empty_rule": EMPTY_RULE}
     for key in ("dice", "iou", "f1_iou50", "f1_mean_50_90"):
@@ -185,27 +202,3 @@ def summarize_rows(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0
     summary["dice_pooled"] = float(pooled_dice(counts))
     summary["iou_pooled"] = float(pooled_iou(counts))
     return summary
-
-
-def write_per_image(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_COLUMNS)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    write_text(path, buf.getvalue())
-
-
-def read_per_image(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        return [
-            {k: (v if k == "name" else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(fh)
-        ]
-
-
-def read_summary(run: str | os.PathLike, split: str = "test") -> dict[str, Any]:
-    path = Path(run) / "eval" / split / "summary.json"
-    if not path.is_file():
-        raise RunError(f"{path}: not found; run `celltune evaluate {run}` first.")
-    return json.loads(path.read_text(encoding="utf-8"))

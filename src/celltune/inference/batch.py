@@ -189,8 +189,7 @@ def predict_files(
         ConfigError: An option is invalid.
     """
     options = OutputOptions(instances, min_size, save_prob, overlay)
-    predictor = _predictor(run_or_predictor, device=device, checkpoint=checkpoint)
-    predictor.update(
+    predictor = _predictor(run_or_predictor, device=device, checkpoint=checkpoint).with_options(
         tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold
     )
     out = Path(out)

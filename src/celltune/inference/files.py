@@ -98,14 +98,14 @@ def assign_names(paths: Sequence[Path]) -> tuple[list[tuple[Path, str]], list[Fa
 def label_in_bands(
     mask: np.ndarray, method: str, min_size: int, band_pixels: int = BAND_PIXELS
 ) -> np.ndarray:
-    """:func:`~celltune.evaluation.instances.label_instances` with memory bounded for huge masks.
+    """:func:`~celltune.inference.instances.label_instances` with memory bounded for huge masks.
 
     The watershed needs about 100 bytes per pixel (7 GB at 8192×8192). Above ``band_pixels``
     the mask is labelled window by window
-    (:func:`~celltune.evaluation.instances.label_instances_tiled`), so memory is bounded by
+    (:func:`~celltune.inference.instances.label_instances_tiled`), so memory is bounded by
     one window even when the whole slide is one confluent region.
     """
-    from celltune.evaluation.instances import label_instances, label_instances_tiled
+    from celltune.inference.instances import label_instances, label_instances_tiled
 
     if mask.size <= band_pixels or method == "components":
         return label_instances(mask, method=method, min_size=min_size)

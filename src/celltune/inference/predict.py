@@ -10,21 +10,23 @@ Example:
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from celltune.errors import ConfigError, RunError
+from celltune.config import RunConfig
+from celltune.errors import ConfigError
 from celltune.inference.tiling import count_tiles, predict_tiled
 from celltune.io import normalize, to_channels
-from celltune.runtime import tune_allocator
+from celltune.models.build import foreground_probability
+from celltune.models.checkpoint import load_model_from_checkpoint
+from celltune.rundir import RunDir
 
 
 @dataclass
@@ -99,7 +101,6 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
-            tune_allocator()  # fewer page faults per tile batch: see celltune.runtime
         self.head = head
         self.channels = channels
         self.threshold = 0.5 if head == "two_class" else float(threshold)
@@ -112,7 +113,7 @@ class Predictor:
         #: Where the model came from (set by :meth:`from_run`); recorded in predict_args.json.
         self.source: dict[str, Any] = {}
 
-    def update(
+    def with_options(
         self,
         *,
         tile: int | None = None,
@@ -121,18 +122,23 @@ class Predictor:
         tta: bool | None = None,
         threshold: float | None = None,
     ) -> Predictor:
-        """Change tiling, TTA or threshold in place (``None`` keeps a value); returns self."""
+        """A copy with other tiling, TTA or threshold (``None`` keeps a value).
+
+        The copy shares the network; this predictor is left as it was.
+        """
         tile = self.tile if tile is None else tile
         overlap = self.overlap if overlap is None else overlap
         batch_size = self.batch_size if batch_size is None else batch_size
         check_tiling(tile, overlap, batch_size)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"--threshold must lie in [0, 1], got {threshold}.")
-        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
-        self.tta = self.tta if tta is None else tta
+        other = copy.copy(self)
+        other.source = dict(self.source)
+        other.tile, other.overlap, other.batch_size = tile, overlap, batch_size
+        other.tta = self.tta if tta is None else tta
         if threshold is not None and self.head != "two_class":
-            self.threshold = float(threshold)
-        return self
+            other.threshold = float(threshold)
+        return other
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the output, as JSON-ready values."""
@@ -160,19 +166,21 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, run: str | os.PathLike, *, checkpoint: str = "best", **overrides: Any
+        cls,
+        run: str | os.PathLike | RunDir,
+        *,
+        checkpoint: str = "best",
+        config: RunConfig | None = None,
+        **overrides: Any,
     ) -> Predictor:
-        """Load ``RUN/checkpoints/<checkpoint>.ckpt`` with the run's config and threshold."""
-        from celltune.config import load_run_config
-        from celltune.training.module import load_model_from_checkpoint
+        """Load a run's checkpoint (``best`` or ``last``) with its config and threshold.
 
-        run = Path(run)
-        cfg_path = run / "config.yaml"
-        if not cfg_path.is_file():
-            raise RunError(f"{run}: not a celltune run folder (no config.yaml).")
-        cfg = load_run_config(cfg_path)
-        model, _ = load_model_from_checkpoint(run / "checkpoints" / f"{checkpoint}.ckpt")
-        threshold = read_threshold(run)
+        ``config`` is the run's config when the caller has already read it.
+        """
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        cfg = config or run.read_config()
+        model, _ = load_model_from_checkpoint(run.checkpoint(checkpoint), config=cfg)
+        threshold = run.read_threshold()
         kwargs: dict[str, Any] = {
             "head": cfg.model.head,
             "channels": cfg.data.channels,
@@ -184,7 +192,7 @@ class Predictor:
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         predictor = cls(model, **kwargs)
-        predictor.source = {"run": str(run), "checkpoint": checkpoint}
+        predictor.source = {"run": str(run.path), "checkpoint": checkpoint}
         return predictor
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -198,10 +206,7 @@ class Predictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(x)
-        if logits.shape[1] == 1:
-            return torch.sigmoid(logits.float())
-        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+        return foreground_probability(self.model(x), keepdim=True)
 
     def predict_proba(
         self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
@@ -244,14 +249,3 @@ def _rescale(chw: np.ndarray, factor: float | tuple[int, int]) -> np.ndarray:
             t, scale_factor=factor, mode="bilinear", align_corners=False
         )
     return out[0].numpy()
-
-
-def read_threshold(run: str | os.PathLike) -> float:
-    """The run's chosen threshold, or 0.5 before one was chosen."""
-    path = Path(run) / "threshold.json"
-    if not path.is_file():
-        return 0.5
-    try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["best_threshold"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{path}: unreadable threshold file ({exc}).") from exc

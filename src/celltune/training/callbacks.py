@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,7 +11,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from celltune.io import atomic_path, write_text
+from celltune.io import atomic_path
+from celltune.rundir import RunDir
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
@@ -26,8 +24,8 @@ class MetricsCSV(L.Callback):
     file with exactly the rows of the epochs it restored, never duplicates.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = time.monotonic()
 
@@ -54,11 +52,7 @@ class MetricsCSV(L.Callback):
             self.write()
 
     def write(self) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path, buf.getvalue())
+        self.run.write_metrics(self.rows, METRIC_COLUMNS)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": list(self.rows)}
@@ -115,13 +109,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a ``metrics.csv`` as floats (empty list when the file is absent)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
-                for r in csv.DictReader(fh)]

@@ -8,31 +8,43 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.config import RunConfig, load_run_config, save_run_config
-from celltune.data.samples import Splits
-from celltune.errors import RunError
-from celltune.training.distributed import is_worker, steps_per_process
-from celltune.training.resume import check_checkpoint, interruptible
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
 
-CONFIG_FILE = "config.yaml"
-SPLITS_FILE = "splits.json"
-BEST_CKPT = "checkpoints/best.ckpt"
-LAST_CKPT = "checkpoints/last.ckpt"
+from celltune import __version__
+from celltune.config import RunConfig
+from celltune.data.augment import AUGMENTATIONS
+from celltune.data.dataset import CropDataset, WholeImageDataset, collate_whole
+from celltune.data.neurips import FILTERS, make_splits
+from celltune.data.samples import Splits
+from celltune.data.synthetic import ensure_dataset
+from celltune.errors import DataError, RunError
+from celltune.models import MODELS
+from celltune.rundir import RunDir
+from celltune.training.callbacks import AtomicCheckpointIO, EpochLine, MetricsCSV, StepBar
+from celltune.training.distributed import is_worker, steps_per_process
+from celltune.training.losses import LOSSES
+from celltune.training.module import SegmentationModule
+from celltune.training.resume import check_checkpoint, interruptible
 
 
 def provenance() -> dict[str, Any]:
     """Package version and, when run from a git checkout, the commit."""
-    from celltune import __version__
-
     info: dict[str, Any] = {"version": __version__}
     commit = _git_commit()
     if commit:
@@ -41,8 +53,6 @@ def provenance() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
-    import subprocess
-
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -60,8 +70,9 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) ->
         raise RunError(f"{out}: exists and is not a folder.")
     busy = out.is_dir() and any(out.iterdir())
     if busy and resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise RunError(f"{out}: cannot resume, no {CONFIG_FILE} in this folder.")
+        run = RunDir(out)
+        if not run.is_run():
+            raise RunError(f"{out}: cannot resume, no {run.config_path.name} in this folder.")
         return out
     if busy and not overwrite:
         raise RunError(
@@ -86,42 +97,32 @@ def check_names(config: RunConfig) -> None:
     Otherwise the error would come after the run folder was created, and the corrected
     command would be refused because the folder is no longer empty.
     """
-    from celltune.data.augment import AUGMENTATIONS
-    from celltune.data.neurips import FILTERS
-    from celltune.models import MODELS
-    from celltune.training.losses import LOSSES
-
     MODELS.get(config.model.name)
     LOSSES.get(config.train.loss)
     AUGMENTATIONS.get(config.train.aug)
     FILTERS.get(config.data.filter)
 
 
-def resolve_data(config: RunConfig, run_dir: Path) -> RunConfig:
+def resolve_data(config: RunConfig, run: RunDir) -> RunConfig:
     """Fill in the data root: generate the synthetic set when none is given."""
     if config.data.root is not None:
         root = Path(config.data.root).expanduser()
         if not root.exists():
             raise RunError(f"{root}: data folder not found.")
         return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
-    from celltune.data.synthetic import ensure_dataset
-
     syn = config.data.synthetic
-    root = run_dir / "data"
+    root = run.data_dir
     if not is_worker():  # DDP workers start after rank 0 has written it
         ensure_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
     return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
 
 
-def load_or_make_splits(config: RunConfig, run_dir: Path) -> Splits:
-    path = run_dir / SPLITS_FILE
-    if path.is_file():
-        return Splits.load(path)
-    from celltune.data.neurips import make_splits
-
+def load_or_make_splits(config: RunConfig, run: RunDir) -> Splits:
+    if run.splits_path.is_file():
+        return run.read_splits()
     splits = make_splits(config.data, seed=config.train.seed)
     if not is_worker():
-        splits.save(path)
+        run.write_splits(splits)
     return splits
 
 
@@ -129,19 +130,12 @@ def auto_precision(accelerator: str, precision: str) -> str:
     """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (bf16 is slow there)."""
     if precision != "auto":
         return precision
-    import torch
-
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
 
 def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from celltune.data.dataset import CropDataset, WholeImageDataset, collate_whole
-
     d, t = config.data, config.train
     target = "binary" if config.model.head == "binary" else "two_class"
     train_ds = CropDataset(
@@ -167,6 +161,15 @@ def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
     return train_dl, val_dl
 
 
+@dataclass
+class FitResult:
+    """A trained run: its folder, the config it was trained with (data root resolved), splits."""
+
+    run: RunDir
+    config: RunConfig
+    splits: Splits
+
+
 def fit(
     config: RunConfig,
     out: str | os.PathLike,
@@ -175,32 +178,16 @@ def fit(
     overwrite: bool = False,
     progress: bool = True,
     splits: Splits | None = None,
-) -> Path:
-    """Train ``config`` into ``out``; returns the run folder.
+) -> FitResult:
+    """Train ``config`` into the run folder ``out``.
 
     Writes ``config.yaml``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and
     ``metrics.csv``. With ``resume`` the run continues from ``last.ckpt`` with the saved config.
     ``splits`` fixes the train/val/test images instead of drawing them from the data root.
     """
-    import lightning as L
-
-    from celltune.training.module import SegmentationModule
-
     check_names(config)
-    # DDP workers re-run the command after rank 0 prepared the folder; with --overwrite
-    # they would delete it, without --resume refuse it. Rank 0 owns every file.
-    worker = is_worker()
-    run_dir = Path(out) if worker else prepare_run_dir(out, resume=resume, overwrite=overwrite)
-    if resume and (run_dir / CONFIG_FILE).is_file():
-        config = load_run_config(run_dir / CONFIG_FILE)
-    config = resolve_data(config, run_dir)
-    if not worker:
-        save_run_config(config, run_dir / CONFIG_FILE, provenance())
-    if splits is not None and not worker and not (run_dir / SPLITS_FILE).is_file():
-        splits.save(run_dir / SPLITS_FILE)
-    splits = load_or_make_splits(config, run_dir)
-    _check_splits(splits, config)
-
+    run, config, splits = _prepare(config, out, resume=resume, overwrite=overwrite,
+                                   splits=splits)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     train_dl, val_dl = build_loaders(config, splits)
     if config.data.cache:
@@ -208,13 +195,13 @@ def fit(
         # later. The cache keeps what was read, and forked DataLoader workers share it.
         train_dl.dataset.preload()
         val_dl.dataset.preload()
-    ckpt = run_dir / LAST_CKPT
+    ckpt = run.checkpoint("last")
     ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
     if ckpt_path:
-        check_checkpoint(ckpt, config, run_dir / CONFIG_FILE)
+        check_checkpoint(ckpt, config, run.config_path)
     val_every = resolve_val_every(config, train_dl.dataset, val_dl.dataset)
-    with _quiet_lightning():
-        trainer = build_trainer(config, run_dir, progress=progress, steps=max(1, len(train_dl)),
+    with quiet_lightning():
+        trainer = build_trainer(config, run, progress=progress, steps=max(1, len(train_dl)),
                                 val_every=val_every)
         steps = steps_per_process(
             len(train_dl.sampler), train_dl.batch_size, train_dl.drop_last, trainer.world_size
@@ -224,17 +211,38 @@ def fit(
             train=config.train.model_dump(mode="json"),
             in_channels=config.data.channels, steps_per_epoch=steps, val_tile=config.eval.tile,
         )
-        with interruptible(trainer, run_dir):
+        with interruptible(trainer, run.path):
             trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
-            validate_final(trainer, module, val_dl, run_dir)
-    if not (run_dir / BEST_CKPT).is_file() and trainer.is_global_zero:
-        raise RunError(f"{run_dir}: training ended without a checkpoint.")
-    return run_dir
+            validate_final(trainer, module, val_dl, run)
+    if not run.checkpoint("best").is_file() and trainer.is_global_zero:
+        raise RunError(f"{run.path}: training ended without a checkpoint.")
+    return FitResult(run, config, splits)
+
+
+def _prepare(
+    config: RunConfig, out: str | os.PathLike, *, resume: bool, overwrite: bool,
+    splits: Splits | None,
+) -> tuple[RunDir, RunConfig, Splits]:
+    """The run folder with its config and splits written; the config and splits to train on.
+
+    DDP workers re-run the command after rank 0 prepared the folder; with --overwrite they
+    would delete it, without --resume refuse it. Rank 0 owns every file.
+    """
+    worker = is_worker()
+    run = RunDir(out if worker else prepare_run_dir(out, resume=resume, overwrite=overwrite))
+    if resume and run.is_run():
+        config = run.read_config()
+    config = resolve_data(config, run)
+    if not worker:
+        run.write_config(config, provenance())
+    if splits is not None and not worker and not run.splits_path.is_file():
+        run.write_splits(splits)
+    splits = load_or_make_splits(config, run)
+    _check_splits(splits, config)
+    return run, config, splits
 
 
 def _check_splits(splits: Splits, config: RunConfig) -> None:
-    from celltune.errors import DataError
-
     for name in ("train", "val"):
         if not splits[name]:
             raise DataError(
@@ -263,14 +271,12 @@ def resolve_val_every(config: RunConfig, train_ds: Any, val_ds: Any) -> int:
     return max(1, math.ceil(val_pixels / (VALIDATION_SHARE * max(train_pixels, 1))))
 
 
-def validate_final(trainer: Any, module: Any, val_dl: Any, run_dir: Path) -> None:
+def validate_final(trainer: Any, module: Any, val_dl: Any, run: RunDir) -> None:
     """Validate the final weights when the last epoch was not validated (interval, time limit).
 
     With a cosine schedule the last weights are usually the best ones; without this they
     could never become ``best.ckpt`` when training stops between two validations.
     """
-    from celltune.training.callbacks import MetricsCSV
-
     metrics = next((c for c in trainer.callbacks if isinstance(c, MetricsCSV)), None)
     if metrics is None or not metrics.rows or not math.isnan(metrics.rows[-1]["val_dice"]):
         return
@@ -283,31 +289,26 @@ def validate_final(trainer: Any, module: Any, val_dl: Any, run_dir: Path) -> Non
         metrics.write()
     best = best_cb.best_model_score if best_cb is not None else None
     if best is None or score > float(best):
-        trainer.save_checkpoint(run_dir / BEST_CKPT)
+        trainer.save_checkpoint(run.checkpoint("best"))
 
 
 def build_trainer(
-    config: RunConfig, run_dir: Path, *, progress: bool, steps: int, val_every: int = 1
+    config: RunConfig, run: RunDir, *, progress: bool, steps: int, val_every: int = 1
 ) -> Any:
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from celltune.training.callbacks import AtomicCheckpointIO, EpochLine, MetricsCSV, StepBar
-
     t = config.train
     callbacks: list[Any] = [
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor="val_dice", mode="max",
+            dirpath=run.checkpoints_dir, filename="best", monitor="val_dice", mode="max",
             save_top_k=1, enable_version_counter=False,
         ),
         # last.ckpt every epoch, from its own callback: Lightning 2.6's save_last=True writes
         # it only in epochs that improve the best score, so a resume would replay every
         # epoch since then. Listed after "best" so that it stores the updated best score.
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+            dirpath=run.checkpoints_dir, filename="last", save_top_k=1,
             save_on_train_epoch_end=True, enable_version_counter=False,
         ),
-        MetricsCSV(run_dir / "metrics.csv"),
+        MetricsCSV(run),
     ]
     if t.patience:
         callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=t.patience))
@@ -328,7 +329,7 @@ def build_trainer(
         gradient_clip_val=t.grad_clip,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        default_root_dir=run_dir,
+        default_root_dir=run.path,
         logger=False,
         # The training sampler shards itself; every process validates every image, so
         # val Dice is exact (a DistributedSampler would pad odd counts with duplicates).
@@ -340,25 +341,24 @@ def build_trainer(
     )
 
 
-class _quiet_lightning:
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
     """Silence Lightning's informational chatter (GPU available: False, tips) for users."""
-
-    _names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
-
-    def __enter__(self) -> None:
-        self._levels = {n: logging.getLogger(n).level for n in self._names}
-        for n in self._names:
-            logging.getLogger(n).setLevel(logging.WARNING)
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        warnings.filterwarnings("ignore", message=".*litlogger.*")
-        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
-        # Expected when resuming: the folder holds the checkpoints being continued.
-        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-
-    def __exit__(self, *exc: object) -> None:
-        self._warn.__exit__(*exc)
-        for n, level in self._levels.items():
+    levels = {n: logging.getLogger(n).level for n in _LIGHTNING_LOGGERS}
+    for n in _LIGHTNING_LOGGERS:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*litlogger.*")
+            warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
+            # Expected when resuming: the folder holds the checkpoints being continued.
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            yield
+    finally:
+        for n, level in levels.items():
             logging.getLogger(n).setLevel(level)

@@ -14,16 +14,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from celltune.models.build import foreground_probability
 from celltune.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LOSSES: Registry[Callable[[str], LossFn]] = Registry("loss")
-
-
-def _foreground_prob(logits: torch.Tensor) -> torch.Tensor:
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
+LOSSES: Registry[LossFn] = Registry("loss")
 
 
 def _foreground_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -38,7 +33,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     Pooling over the batch (rather than averaging per image) keeps crops without any cell
     from producing a large, noisy gradient.
     """
-    prob = _foreground_prob(logits.float())
+    prob = foreground_probability(logits)
     tgt = _foreground_target(logits, target).float()
     inter = (prob * tgt).sum()
     denom = prob.sum() + tgt.sum()
@@ -58,36 +53,26 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return ((1.0 - p_t) ** gamma * ce).mean()
 
 
-@LOSSES.register("bce_dice", description="cross-entropy + soft Dice (default)")
-def _bce_dice(head: str) -> LossFn:
-    return lambda logits, target: _pixel_ce(logits, target).mean() + soft_dice_loss(logits, target)
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean pixel cross-entropy plus :func:`soft_dice_loss`."""
+    return _pixel_ce(logits, target).mean() + soft_dice_loss(logits, target)
 
 
-@LOSSES.register("ce_dice", description="alias of bce_dice")
-def _ce_dice(head: str) -> LossFn:
-    return _bce_dice(head)
+def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean pixel cross-entropy (binary for one logit)."""
+    return _pixel_ce(logits, target).mean()
 
 
-@LOSSES.register("dice", description="soft Dice only")
-def _dice(head: str) -> LossFn:
-    return soft_dice_loss
+LOSSES.register("bce_dice", description="cross-entropy + soft Dice (default)")(bce_dice_loss)
+LOSSES.register("ce_dice", description="alias of bce_dice")(bce_dice_loss)
+LOSSES.register("dice", description="soft Dice only")(soft_dice_loss)
+LOSSES.register("bce", description="binary cross-entropy (cross-entropy for two classes)")(
+    ce_loss
+)
+LOSSES.register("ce", description="cross-entropy (binary cross-entropy for one logit)")(ce_loss)
+LOSSES.register("focal", description="focal loss, gamma 2")(focal_loss)
 
 
-@LOSSES.register("bce", description="binary cross-entropy (cross-entropy for two classes)")
-def _bce(head: str) -> LossFn:
-    return lambda logits, target: _pixel_ce(logits, target).mean()
-
-
-@LOSSES.register("ce", description="cross-entropy (binary cross-entropy for one logit)")
-def _ce(head: str) -> LossFn:
-    return _bce(head)
-
-
-@LOSSES.register("focal", description="focal loss, gamma 2")
-def _focal(head: str) -> LossFn:
-    return focal_loss
-
-
-def build_loss(name: str, head: str = "binary") -> LossFn:
+def build_loss(name: str) -> LossFn:
     """Look up a loss by name; unknown names raise ConfigError listing the valid ones."""
-    return LOSSES.get(name)(head)
+    return LOSSES.get(name)

@@ -1,14 +1,14 @@
 """The LightningModule: one segmentation network, its loss, optimiser and schedule.
 
 The module stores the model and training sections of the run config as hyperparameters, so a
-checkpoint alone is enough to rebuild the network (:func:`load_model_from_checkpoint`).
+checkpoint alone is enough to rebuild the network
+(:func:`celltune.models.checkpoint.load_model_from_checkpoint`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,24 +16,10 @@ import numpy as np
 import torch
 
 from celltune.config import ModelConfig, TrainConfig
-from celltune.errors import RunError
-from celltune.runtime import tune_allocator
+from celltune.evaluation.metrics import Counts, dice
+from celltune.inference.tiling import predict_tiled
+from celltune.models.build import build_network, foreground_probability
 from celltune.training.losses import build_loss
-
-
-def build_network(model_cfg: ModelConfig, in_channels: int) -> torch.nn.Module:
-    from celltune.models import create_model
-
-    options = dict(model_cfg.options)
-    if model_cfg.encoder is not None:
-        options["encoder"] = model_cfg.encoder
-    return create_model(
-        model_cfg.name,
-        in_channels=in_channels,
-        head=model_cfg.head,
-        weights=model_cfg.weights,
-        **options,
-    )
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -43,13 +29,6 @@ def lr_factor(progress: float, warmup: float) -> float:
         return max(progress / warmup, 0.01)
     rest = (progress - warmup) / max(1.0 - warmup, 1e-8)
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * rest))
-
-
-def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, 1|2, H, W)`` logits -> ``(N, H, W)`` foreground probability."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0].float())
-    return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
 class SegmentationModule(L.LightningModule):
@@ -68,7 +47,7 @@ class SegmentationModule(L.LightningModule):
         self.model_cfg = ModelConfig.model_validate(model)
         self.train_cfg = TrainConfig.model_validate(train)
         self.net = build_network(self.model_cfg, in_channels)
-        self.loss_fn = build_loss(self.train_cfg.loss, self.model_cfg.head)
+        self.loss_fn = build_loss(self.train_cfg.loss)
         self.steps_per_epoch = max(1, steps_per_epoch)
         # Validation images with more pixels than (2 * val_tile)² are predicted in tiles.
         self.val_tile = int(val_tile)
@@ -97,8 +76,6 @@ class SegmentationModule(L.LightningModule):
         on_cpu = self.trainer.strategy.root_device.type == "cpu"
         if self.train_cfg.channels_last and on_cpu:
             self.net.to(memory_format=torch.channels_last)
-        if on_cpu:
-            tune_allocator()  # 1.1-1.4x per step: see celltune.runtime
         if self.train_cfg.compile and stage == "fit":
             # In place, so the state dict keeps its keys and checkpoints load uncompiled. Only
             # for fit: setup runs again for the final validation, and compiling anew would
@@ -135,10 +112,8 @@ class SegmentationModule(L.LightningModule):
 
         Only Dice is recorded for them; the validation loss averages the images that fit.
         """
-        from celltune.inference.tiling import predict_tiled
-
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return foreground_probability(self(self._prepare(x)))[:, None]
+            return foreground_probability(self(self._prepare(x)), keepdim=True)
 
         for i, (h, w) in enumerate(sizes):
             prob = predict_tiled(
@@ -187,56 +162,8 @@ def _truth(target: torch.Tensor) -> torch.Tensor:
 
 
 def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    """Dice with the empty rule: both empty -> 1, exactly one empty -> 0."""
+    """Dice of two boolean masks, by :func:`celltune.evaluation.metrics.dice` and its empty rule."""
     p, t = pred.bool(), truth.bool()
-    denom = int(p.sum()) + int(t.sum())
-    if denom == 0:
-        return 1.0
-    return 2.0 * int((p & t).sum()) / denom
-
-
-def _check_run_config(path: Path, hparams: dict[str, Any]) -> None:
-    """A checkpoint inside ``RUN/checkpoints/`` must hold the model ``RUN/config.yaml`` names.
-
-    Otherwise a checkpoint copied in from another run would be used with this run's head,
-    channels and threshold and silently give wrong masks.
-    """
-    config_path = path.parent.parent / "config.yaml"
-    if path.parent.name != "checkpoints" or not config_path.is_file():
-        return
-    from celltune.config import load_run_config
-    from celltune.training.resume import architecture, mismatch
-
-    cfg = load_run_config(config_path)
-    error = mismatch(path, hparams, architecture(cfg.model, cfg.data.channels), config_path)
-    if error is not None:
-        raise error
-
-
-def load_model_from_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[
-    torch.nn.Module, dict[str, Any]
-]:
-    """Rebuild the network stored in a celltune checkpoint; returns (model in eval mode, hparams)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"{path}: checkpoint not found.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise RunError(f"{path}: cannot load checkpoint ({exc}).") from exc
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hparams or "model" not in hparams:
-        raise RunError(f"{path}: not a celltune checkpoint (no model hyperparameters).")
-    _check_run_config(path, hparams)
-    model_cfg = ModelConfig.model_validate({**hparams["model"], "weights": "none"})
-    net = build_network(model_cfg, int(hparams.get("in_channels", 1)))
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise RunError(
-            f"{path}: checkpoint weights do not fit model {model_cfg.name!r} "
-            f"({str(exc).splitlines()[0]})."
-        ) from exc
-    net.eval()
-    return net, hparams
+    tp = int((p & t).sum())
+    fp, fn = int(p.sum()) - tp, int(t.sum()) - tp
+    return float(dice(Counts(tp, fp, fn, p.numel() - tp - fp - fn)))

@@ -22,12 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from celltune.config import ModelConfig, RunConfig
-from celltune.errors import Interrupted, RunError
-
-# Fields of the model section that decide the network's architecture; the initial weights do
-# not (a checkpoint replaces them).
-_ARCHITECTURE = ("name", "encoder", "head", "options")
+from celltune.config import RunConfig
+from celltune.errors import Interrupted
+from celltune.models.checkpoint import architecture, mismatch, read_hparams
 
 
 @contextlib.contextmanager
@@ -56,57 +53,6 @@ def interruptible(trainer: Any, run_dir: Path) -> Iterator[None]:
     finally:
         if main_thread and sigint is not None:
             signal.signal(signal.SIGINT, sigint)
-
-
-def architecture(model: dict[str, Any] | ModelConfig, in_channels: int) -> dict[str, Any]:
-    """The parts of a model description that must match for weights to fit."""
-    data = model.model_dump(mode="json") if isinstance(model, ModelConfig) else dict(model)
-    arch = {key: data.get(key) for key in _ARCHITECTURE}
-    arch["options"] = dict(arch["options"] or {})
-    arch["in_channels"] = int(in_channels)
-    return arch
-
-
-def describe(arch: dict[str, Any]) -> str:
-    """``unet (head binary, 1 channel, options tiny=True)`` for error messages."""
-    extras = [f"head {arch['head']}", f"{arch['in_channels']} channel(s)"]
-    if arch.get("encoder"):
-        extras.append(f"encoder {arch['encoder']}")
-    if arch.get("options"):
-        extras.append(", ".join(f"{k}={v}" for k, v in sorted(arch["options"].items())))
-    return f"{arch['name']!r} ({', '.join(extras)})"
-
-
-def mismatch(
-    checkpoint: Path, hparams: dict[str, Any], expected: dict[str, Any], source: str | os.PathLike
-) -> RunError | None:
-    """A :class:`RunError` when the checkpoint's architecture differs from ``expected``."""
-    found = architecture(hparams.get("model", {}), hparams.get("in_channels", 1))
-    if found == expected:
-        return None
-    return RunError(
-        f"{checkpoint}: checkpoint holds model {describe(found)} but {source} describes "
-        f"{describe(expected)}; use that run's own checkpoint or start over with --overwrite."
-    )
-
-
-def read_hparams(path: Path) -> dict[str, Any]:
-    """The hyperparameters stored in a Lightning checkpoint; RunError naming the file if unusable."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        # torch's messages run to several sentences of advice; the first says what is wrong.
-        text = str(exc).strip()
-        reason = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
-        raise RunError(
-            f"{path}: cannot read the checkpoint ({reason}); it is corrupt or not a checkpoint."
-        ) from exc
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "model" not in hparams:
-        raise RunError(f"{path}: not a celltune checkpoint (no model hyperparameters).")
-    return hparams
 
 
 def check_checkpoint(path: Path, config: RunConfig, source: str | os.PathLike) -> None:

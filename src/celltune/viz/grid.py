@@ -13,16 +13,16 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
 
-from celltune.errors import RunError
+from celltune.evaluation.metrics import confusion, dice
 
 #: RGB colour of each pixel outcome in a prediction panel.
 ERROR_COLORS: dict[str, tuple[int, int, int]] = {
@@ -75,13 +75,6 @@ def overlay_errors(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     out[p & ~t] = ERROR_COLORS["FP"]
     out[~p & t] = ERROR_COLORS["FN"]
     return out
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    p, t = np.asarray(pred) != 0, np.asarray(truth) != 0
-    denom = int(p.sum()) + int(t.sum())
-    # Same empty rule as the evaluation: both empty is a perfect score.
-    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
 
 
 def choose_grid_images(
@@ -138,8 +131,6 @@ def shrink(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     scale = max_side / max(h, w)
     if scale >= 1:
         return rgb
-    from PIL import Image
-
     # Area averaging keeps small error regions visible as tinted pixels instead of dropping them.
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
@@ -165,8 +156,6 @@ def mask_grid(
     Returns:
         The Figure, with a colour legend for TP/FP/FN/TN.
     """
-    from matplotlib.patches import Patch
-
     ncols = 2 + len(models)
     fig = Figure(figsize=(2.2 * ncols, 2.3 * max(len(rows), 1) + 0.6), layout="constrained")
     if not rows:
@@ -179,7 +168,9 @@ def mask_grid(
         _panel(axes[r, 1], shrink(overlay_errors(truth, truth), max_side), "ground truth")
         for c, model in enumerate(models, start=2):
             pred = row.preds[model]
-            score = row.dice.get(model, _dice(pred, truth))
+            score = row.dice.get(model)
+            if score is None:
+                score = dice(confusion(np.asarray(pred) != 0, truth))
             panel = shrink(overlay_errors(pred, truth), max_side)
             _panel(axes[r, c], panel, f"{model}\nDice {score:.3f}")
     handles = [
@@ -188,86 +179,3 @@ def mask_grid(
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     return fig
-
-
-def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    from celltune.io import read_array
-
-    mask = np.asarray(read_array(path))
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if mask.shape != shape:
-        raise RunError(
-            f"{path}: mask size {mask.shape[1]}×{mask.shape[0]} differs from its image's "
-            f"{shape[1]}×{shape[0]}; re-run the evaluation."
-        )
-    return mask != 0
-
-
-def _test_samples(runs: Sequence[Path]) -> dict[str, Any]:
-    """Image name -> Sample of the test split, from the runs' ``splits.json`` files."""
-    from celltune.data.samples import Splits
-
-    samples: dict[str, Any] = {}
-    for run in runs:
-        path = run / "splits.json"
-        if path.is_file():
-            for sample in Splits.load(path).test:
-                samples.setdefault(sample.name, sample)
-    return samples
-
-
-def study_mask_grid(
-    study_dir: str | os.PathLike,
-    rows: Sequence[str],
-    n: int = 4,
-    labels: Mapping[str, str] | None = None,
-    split: str = "test",
-    max_side: int = DISPLAY_MAX_SIDE,
-) -> Figure:
-    """Load a study's test predictions from disk and build :func:`mask_grid`.
-
-    Args:
-        study_dir: Study folder holding one run folder per row.
-        rows: Row (run folder) names, in column order.
-        n: Number of images (see :func:`choose_grid_images`).
-        labels: Optional row -> column title.
-        split: Evaluated split whose ``masks/`` are shown.
-        max_side: Longest displayed side of a panel.
-
-    Raises:
-        RunError: a row lacks ``per_image.csv``, or an image's mask does not fit it.
-    """
-    from celltune.evaluation.evaluate import read_per_image
-    from celltune.io import normalize, read_image, read_label, to_binary
-
-    study = Path(study_dir)
-    runs = [study / row for row in rows]
-    labels = dict(labels or {})
-    per_image: dict[str, list[dict[str, Any]]] = {}
-    for row, run in zip(rows, runs, strict=True):
-        csv_path = run / "eval" / split / "per_image.csv"
-        if not csv_path.is_file():
-            raise RunError(f"{csv_path}: not found; evaluate row {row!r} first.")
-        masks = run / "eval" / split / "masks"
-        # Only images whose mask was saved can be drawn.
-        per_image[row] = [
-            r for r in read_per_image(csv_path) if (masks / f"{r['name']}.png").is_file()
-        ]
-    samples = _test_samples(runs)
-    candidates = {
-        row: [r for r in rs if r["name"] in samples and samples[r["name"]].label is not None]
-        for row, rs in per_image.items()
-    }
-    grid_rows = []
-    for name in choose_grid_images(candidates, n=n):
-        sample = samples[name]
-        image = normalize(read_image(sample.image))
-        truth = to_binary(read_label(sample.label, shape=image.shape[:2]))
-        preds, dice = {}, {}
-        for row, run in zip(rows, runs, strict=True):
-            title = labels.get(row, row)
-            preds[title] = _read_mask(run / "eval" / split / "masks" / f"{name}.png", truth.shape)
-            dice[title] = next(float(r["dice"]) for r in per_image[row] if r["name"] == name)
-        grid_rows.append(GridRow(name, image, truth, preds, dice))
-    return mask_grid(grid_rows, [labels.get(row, row) for row in rows], max_side=max_side)

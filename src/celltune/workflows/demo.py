@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from celltune.config import load_study_config, packaged_config
 from celltune.errors import RunError
-from celltune.study import STUDY_CONFIG, run_study
+from celltune.report.writer import render_console
+from celltune.rundir import StudyDir
+from celltune.workflows.study import StudyOutcome, run_study
 
 
 def run_demo(
@@ -18,16 +21,15 @@ def run_demo(
     overwrite: bool = False,
     console: Any = None,
     rows: list[str] | None = None,
-) -> list[Any]:
+) -> StudyOutcome:
     """Generate synthetic data, train and compare every model, write and print the report.
 
     Re-running on the same folder reuses finished rows and resumes an interrupted one.
     """
-    from rich.console import Console
-
     console = console or Console()
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_CONFIG).is_file() and not overwrite:
+    folder = StudyDir(out)
+    out = folder.path
+    if out.is_dir() and any(out.iterdir()) and not folder.has_config() and not overwrite:
         raise RunError(
             f"{out}: folder exists and is not a celltune demo; choose another --out or pass "
             "--overwrite."
@@ -39,14 +41,11 @@ def run_demo(
         f"into [bold]{out}[/]"
     )
     started = time.monotonic()
-    results = run_study(study, out, resume=True, overwrite=overwrite, rows=rows, console=console)
+    outcome = run_study(study, out, resume=True, overwrite=overwrite, rows=rows, console=console)
     minutes = (time.monotonic() - started) / 60
-    from celltune.report import collect, render_console, study_meta
-
-    meta = study_meta(out)
-    names = [r.run_dir.name for r in results]
-    render_console(collect(out, names, meta.get("labels")), console, paper=meta.get("paper"),
-                   title=meta.get("title"))
-    console.print(f"Finished in {minutes:.1f} min. Report: [bold]{out / 'report.html'}[/]")
+    if outcome.report is not None:
+        report = outcome.report
+        render_console(report.results, console, paper=report.paper, title=report.title)
+    console.print(f"Finished in {minutes:.1f} min. Report: [bold]{folder.report_html}[/]")
     console.print(f"Run folders, figures and tables: [bold]{out}[/]")
-    return results
+    return outcome

@@ -5,27 +5,47 @@ report (``results.md``, ``results.csv``, ``report.html``, ``plots/``). Finished 
 skipped on ``--resume``; a row interrupted mid-training continues from its last checkpoint.
 
 Example:
-    >>> from celltune.study import run_study
-    >>> results = run_study("configs/demo.yaml", "studies/demo")   # doctest: +SKIP
+    >>> from celltune.workflows.study import run_study
+    >>> outcome = run_study("configs/demo.yaml", "studies/demo")   # doctest: +SKIP
+    >>> outcome.report.paths["html"]                               # doctest: +SKIP
+    PosixPath('studies/demo/report.html')
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.config import StudyConfig, load_study_config, save_run_config
+from celltune.config import StudyConfig, StudyRow, load_study_config
+from celltune.data.synthetic import ensure_dataset
 from celltune.errors import ConfigError, RunError
-from celltune.pipeline import DONE_FILE, RunResult, run_pipeline
+from celltune.report.writer import StudyReport, regenerate
+from celltune.rundir import StudyDir
 from celltune.training.distributed import is_worker
+from celltune.workflows.run import RunResult, run_pipeline
 
-STUDY_CONFIG = "study.yaml"
+
+@dataclass
+class StudyOutcome:
+    """The rows a study ran and the report written from them.
+
+    ``report`` is None in a DDP worker process, which trains every row with rank 0 but
+    writes nothing; rank 0 alone reports.
+    """
+
+    results: list[RunResult]
+    report: StudyReport | None
+
+    @property
+    def worker(self) -> bool:
+        return self.report is None
 
 
-def _prepare(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _prepare(study: StudyDir, *, resume: bool, overwrite: bool) -> None:
+    out = study.path
     busy = out.is_dir() and any(out.iterdir())
     if busy and overwrite:
         shutil.rmtree(out)
@@ -40,21 +60,19 @@ def _prepare(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise RunError(f"{out}: cannot create the study folder ({exc.strerror}).") from exc
 
 
-def _shared_data(study: StudyConfig, out: Path) -> StudyConfig:
+def _shared_data(study: StudyConfig, folder: StudyDir) -> StudyConfig:
     """Generate the synthetic dataset once for all rows when the study names no data root."""
     if study.defaults.data.root is not None:
         return study
-    from celltune.data.synthetic import ensure_dataset
-
     syn = study.defaults.data.synthetic
-    root = out / "data"
+    root = folder.data_dir
     # A generation interrupted by a kill is redone, not reused half-written on --resume.
     ensure_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
     data = study.defaults.data.model_copy(update={"root": root})
     return study.model_copy(update={"defaults": study.defaults.model_copy(update={"data": data})})
 
 
-def select_rows(study: StudyConfig, names: list[str] | None) -> list[Any]:
+def select_rows(study: StudyConfig, names: list[str] | None) -> list[StudyRow]:
     if not names:
         return list(study.rows)
     known = {r.name: r for r in study.rows}
@@ -73,44 +91,38 @@ def run_study(
     resume: bool = False,
     overwrite: bool = False,
     rows: list[str] | None = None,
+    data_root: str | os.PathLike | None = None,
     progress: bool = True,
     console: Any = None,
-) -> list[RunResult]:
-    """Train and evaluate every row, then write the report; returns one result per row."""
+) -> StudyOutcome:
+    """Train and evaluate every row, then write the report.
+
+    ``data_root`` replaces the config's data root for every row. ``console`` (a rich
+    Console), when given, receives one line per row as it starts.
+    """
     study = config if isinstance(config, StudyConfig) else load_study_config(config)
-    out = Path(out)
+    if data_root is not None:
+        data = study.defaults.data.model_copy(update={"root": Path(data_root)})
+        defaults = study.defaults.model_copy(update={"data": data})
+        study = study.model_copy(update={"defaults": defaults})
+    folder = StudyDir(out)
     # Under DDP, workers re-run the whole command alongside rank 0 and train every row with
     # it; rank 0 alone prepares (with --overwrite: deletes) and writes the study folder.
     worker = is_worker()
     if not worker:
-        _prepare(out, resume=resume, overwrite=overwrite)
-    study = _shared_data(study, out)
+        _prepare(folder, resume=resume, overwrite=overwrite)
+    study = _shared_data(study, folder)
     if not worker:
-        save_run_config(study, out / STUDY_CONFIG)  # type: ignore[arg-type]
+        folder.write_config(study)
     selected = select_rows(study, rows)
     results = []
     for i, row in enumerate(selected, 1):
-        run_dir = out / row.name
-        cfg = study.run_config(row)
-        finished = (run_dir / DONE_FILE).is_file()
+        run = folder.run(row.name)
         if console is not None and not worker:
-            state = "finished, skipped" if finished else "training"
+            state = "finished, skipped" if run.is_done() else "training"
             console.print(f"[bold]row {i}/{len(selected)}[/] {row.label or row.name}: {state}")
-        started = time.monotonic()
-        result = run_pipeline(
-            cfg, run_dir, resume=run_dir.exists(), overwrite=False, progress=progress
-        )
-        result.extra["label"] = row.label or row.name
-        result.extra["wall_seconds"] = time.monotonic() - started
-        results.append(result)
-    if not worker:
-        write_report(out)
-    return results
-
-
-def write_report(out: str | os.PathLike) -> Path:
-    """(Re)write results.md/csv, figures and report.html from the finished rows."""
-    from celltune.report import regenerate
-
-    regenerate(out)
-    return Path(out) / "report.html"
+        results.append(run_pipeline(
+            study.run_config(row), run.path, resume=run.path.exists(), overwrite=False,
+            progress=progress,
+        ))
+    return StudyOutcome(results, None if worker else regenerate(folder.path))

@@ -11,8 +11,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from celltune import __version__
-from celltune.report import PaperNumbers, RowResult, paired_comparisons, results_table
-from celltune.report_format import conventions, display_comparisons, display_table
+from celltune.report.results import PaperNumbers, RowResult, paired_comparisons, results_table
+from celltune.report.text import conventions, display_comparisons, display_table
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2125;

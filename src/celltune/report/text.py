@@ -1,5 +1,5 @@
 """Text rendering of the study report: cell formatting, ``results.md``, ``results.csv`` and
-the terminal table. ``report.html`` is rendered by :mod:`celltune.report_html`.
+the terminal table. ``report.html`` is rendered by :mod:`celltune.report.html`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from celltune.report import (
+from rich import box
+from rich.table import Table
+
+from celltune.evaluation.metrics import EMPTY_RULE
+from celltune.evaluation.threshold import CONVENTION, CRITERION
+from celltune.report.results import (
     PaperNumbers,
     RowResult,
     paired_comparisons,
@@ -155,8 +160,6 @@ def display_comparisons(
 
 def conventions(results: Sequence[RowResult]) -> list[tuple[str, str]]:
     """(topic, sentence) pairs stating how every number in the report was computed."""
-    from celltune.evaluation.metrics import EMPTY_RULE
-    from celltune.evaluation.threshold import CONVENTION, CRITERION
 
     empty = next(
         (r.summary["empty_rule"] for r in results if r.summary.get("empty_rule")), EMPTY_RULE
@@ -245,8 +248,6 @@ _CONSOLE_LABEL_WIDTH = 16
 
 
 def _rich_table(table: Sequence[Mapping[str, Any]], title: str | None, skip: Sequence[str]) -> Any:
-    from rich import box
-    from rich.table import Table
 
     def threshold(t: Mapping[str, Any]) -> str:
         return t["threshold"] if isinstance(t["threshold"], str) else fmt_num(t["threshold"], 2)

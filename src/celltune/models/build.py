@@ -1,0 +1,45 @@
+"""A network from a run's model config, and the one rule from logits to foreground probability.
+
+Example:
+    >>> import torch
+    >>> from celltune.config import ModelConfig
+    >>> net = build_network(ModelConfig(name="unet_plain", options={"tiny": True}), 1)
+    >>> foreground_probability(net(torch.zeros(1, 1, 64, 64))).shape
+    torch.Size([1, 64, 64])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from celltune.config import ModelConfig
+from celltune.models.zoo import create_model
+
+
+def build_network(model_cfg: ModelConfig, in_channels: int) -> torch.nn.Module:
+    """The :class:`~celltune.models.Segmenter` a model config describes."""
+    options = dict(model_cfg.options)
+    if model_cfg.encoder is not None:
+        options["encoder"] = model_cfg.encoder
+    return create_model(
+        model_cfg.name,
+        in_channels=in_channels,
+        head=model_cfg.head,
+        weights=model_cfg.weights,
+        **options,
+    )
+
+
+def foreground_probability(logits: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """``(N, 1|2, H, W)`` logits -> foreground probability, in float32.
+
+    The ``binary`` head's single logit goes through a sigmoid; the ``two_class`` head's two
+    logits through a softmax, whose channel 1 is the foreground. The result is ``(N, H, W)``,
+    or ``(N, 1, H, W)`` with ``keepdim``.
+    """
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        prob = torch.sigmoid(logits[:, 0])
+    else:
+        prob = torch.softmax(logits, dim=1)[:, 1]
+    return prob[:, None] if keepdim else prob

@@ -1,0 +1,1 @@
+"""Orchestration above the stages: one run (train -> tune -> evaluate), a study, the demo, the benchmark."""
