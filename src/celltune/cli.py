@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from celltune import __version__
+from celltune.cli_data import data_app
+from celltune.cli_deploy import export, predict
 from celltune.errors import CelltuneError
 
 app = typer.Typer(
@@ -30,16 +32,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(
-    help="Create, download and inspect datasets.\n\nExample:\n\n  celltune data summary data/synth",
-    no_args_is_help=True,
-)
+# Command groups in their own modules: `celltune data ...`, and predict/export, which use a run.
 app.add_typer(data_app, name="data")
-download_app = typer.Typer(
-    help="Download public datasets.\n\nExample:\n\n  celltune data download neurips data/neurips",
-    no_args_is_help=True,
-)
-data_app.add_typer(download_app, name="download")
 
 _DEBUG = False
 Opt = typer.Option
@@ -92,100 +86,6 @@ def demo(
 
     _start_compute()
     run_demo(out, overwrite=overwrite, console=_console())
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[Path, Arg(help="Folder to create (images/ and labels/).")],
-    n: Annotated[int, Opt(help="Number of images.")] = 48,
-    size: Annotated[int, Opt(help="Image side in pixels.")] = 256,
-    seed: Annotated[int, Opt(help="Random seed; same seed, same bytes.")] = 0,
-    contact_sheet: Annotated[
-        bool, Opt(help="Also write contact_sheet.png with every image and its outline.")
-    ] = False,
-    overwrite: Annotated[bool, Opt(help="Replace an existing dataset folder.")] = False,
-) -> None:
-    """Write a synthetic microscopy dataset in the NeurIPS layout.
-
-    Four modalities (fluorescence, phase contrast, brightfield, DIC), exact int16 instance labels.
-
-    Example:
-
-      celltune data synth data/synth --n 12 --size 256 --seed 3 --contact-sheet
-    """
-    from celltune.data.synthetic import write_dataset
-
-    console = _console()
-    write_dataset(out, n=n, size=size, seed=seed, overwrite=overwrite)
-    console.print(f"Wrote {n} images and labels to [bold]{out}[/]")
-    if contact_sheet:
-        from celltune.data.synthetic import contact_sheet_panels
-        from celltune.viz.datasets import contact_sheet as draw_contact_sheet
-        from celltune.viz.datasets import save_png
-
-        path = save_png(draw_contact_sheet(contact_sheet_panels(out)),
-                        Path(out) / "contact_sheet.png")
-        console.print(f"Contact sheet: [bold]{path}[/]")
-
-
-@data_app.command("summary")
-def data_summary(
-    root: Annotated[Path, Arg(help="Dataset root (Zenodo, older or bare layout).")],
-    json_output: Annotated[bool, Opt("--json", help="Print JSON instead of tables.")] = False,
-    pixels: Annotated[
-        bool, Opt(help="Decode label files for cells per image and foreground fraction.")
-    ] = True,
-) -> None:
-    """Count images per split, format, dtype, channels and size; what each filter keeps.
-
-    Example:
-
-      celltune data summary data/neurips --json
-    """
-    from celltune.data.summary import summarize
-
-    summary = summarize(root, read_pixels=pixels)
-    if json_output:
-        import json
-
-        typer.echo(json.dumps(summary.to_dict(), indent=1))
-        return
-    from celltune.report.console import data_summary_tables
-
-    console = _console()
-    for table in data_summary_tables(summary):
-        console.print(table)
-
-
-@download_app.command("neurips")
-def data_download_neurips(
-    root: Annotated[Path, Arg(help="Folder to download and unzip into.")],
-    parts: Annotated[
-        str, Opt(help="Comma-separated archives: training, tuning, testing.")
-    ] = "training,tuning",
-    progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
-    base_url: Annotated[
-        str | None, Opt(help="Mirror holding the archives (default: the Zenodo record).")
-    ] = None,
-) -> None:
-    """Download the NeurIPS 2022 CellSeg archives from Zenodo (SHA-256 verified, resumable).
-
-    A second run does nothing; an interrupted run resumes where it stopped.
-
-    Example:
-
-      celltune data download neurips data/neurips --parts training,tuning
-    """
-    from functools import partial
-
-    from celltune.data.download import ZENODO_URL, download_neurips
-    from celltune.report.console import download_bar
-
-    console = _console()
-    archives = download_neurips(root, parts.split(","), base_url=base_url or ZENODO_URL,
-                                progress=progress, bar=partial(download_bar, console=console),
-                                log=lambda line: console.print(line, highlight=False))
-    console.print(f"Ready: {len(archives)} archive(s) extracted into [bold]{root}[/]")
 
 
 @app.command("models")
@@ -344,89 +244,8 @@ def report(
     console.print(f"Report: [bold]{result.paths['html']}[/]")
 
 
-@app.command()
-def predict(
-    run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
-    inputs: Annotated[list[str], Arg(help="Image files, folders or glob patterns (quote globs).")],
-    out: Annotated[Path, Opt("--out", help="Output folder.")],
-    tile: Annotated[int | None, Opt(help="Tile side in pixels (default: the run's).")] = None,
-    overlap: Annotated[
-        float | None, Opt(help="Fraction of a tile shared with its neighbour.")
-    ] = None,
-    batch_size: Annotated[int | None, Opt(help="Tiles per forward pass; bounds memory.")] = None,
-    tta: Annotated[bool, Opt(help="Average over 4 flips (4x slower).")] = False,
-    instances: Annotated[str, Opt(help="Instance labels: watershed, components or none.")
-                         ] = "watershed",
-    min_size: Annotated[int, Opt(help="Smallest cell kept, in pixels.")] = 16,
-    save_prob: Annotated[
-        bool, Opt(help="Also write <stem>_prob.tif (float32 probability).")
-    ] = False,
-    overlay: Annotated[bool, Opt(help="Write <stem>_overlay.png.")] = True,
-    threshold: Annotated[float | None, Opt(
-        help="Override the run's probability threshold (binary heads).")] = None,
-    checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
-    device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
-    overwrite: Annotated[bool, Opt(help="Replace existing outputs.")] = False,
-    progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
-) -> None:
-    """Segment images of any size with a trained run; write masks, labels, overlays, counts.
-
-    Per image: <stem>_mask.tif (uint8, 0 background / 255 foreground), <stem>_labels.tif
-    (int32 instances), <stem>_overlay.png, optionally <stem>_prob.tif; plus counts.csv and
-    predict_args.json. Unreadable files are reported and skipped; the exit code is 1 if any
-    input failed.
-
-    Example:
-
-      celltune predict runs/unet images/ "more/*.tif" --out predictions --tile 512 --tta
-    """
-    from celltune.inference.batch import predict_files
-
-    _start_compute()
-    console = _console()
-    result = predict_files(
-        run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
-        overlay=overlay, overwrite=overwrite, tile=tile, overlap=overlap, batch_size=batch_size,
-        tta=tta, threshold=threshold, device=device, checkpoint=checkpoint, progress=progress,
-        console=console,
-    )
-    style = "green" if result.ok else "bold red"
-    console.print(f"[{style}]{result.summary()}[/]", highlight=False, soft_wrap=True)
-    if not result.ok:
-        raise typer.Exit(1)
-
-
-@app.command()
-def export(
-    run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
-    format: Annotated[str, Opt("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Path | None, Opt(
-        help="Model file to write (default: RUN/export/model.onnx or .pt).")] = None,
-    opset: Annotated[int, Opt(help="ONNX opset version.")] = 17,
-    size: Annotated[str | None, Opt(
-        help="Fixed input size HxW instead of dynamic height and width.")] = None,
-    logits: Annotated[
-        bool, Opt(help="Export raw logits instead of the foreground probability.")
-    ] = False,
-    checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
-    overwrite: Annotated[bool, Opt(help="Replace an existing export.")] = False,
-) -> None:
-    """Export a run's network to ONNX or TorchScript, with a JSON of what the input needs.
-
-    The exported graph takes (N, C, H, W) float32 images already percentile-normalised to
-    [0, 1] (H and W multiples of 32) and returns the foreground probability (N, 1, H, W); any
-    ImageNet normalisation is inside the graph. <name>.json beside it holds the threshold,
-    head, channels, normalisation and size divisor. The export is checked against PyTorch.
-
-    Example:
-
-      celltune export runs/unet --format onnx --out deploy/unet.onnx
-    """
-    from celltune.inference.export import export_run, parse_size
-
-    result = export_run(run, format=format, out=out, opset=opset, size=parse_size(size),
-                        logits=logits, checkpoint=checkpoint, overwrite=overwrite)
-    _console().print(result.summary(), highlight=False, soft_wrap=True)
+app.command()(predict)
+app.command()(export)
 
 
 @app.command()

@@ -1,0 +1,101 @@
+"""``celltune predict`` and ``celltune export``: use a trained run (part of the command line).
+
+The functions are registered as commands by :mod:`celltune.cli`; each parses its options,
+calls one library function and prints the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from celltune.runtime import tune_allocator
+
+Opt = typer.Option
+Arg = typer.Argument
+
+
+def predict(
+    run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
+    inputs: Annotated[list[str], Arg(help="Image files, folders or glob patterns (quote globs).")],
+    out: Annotated[Path, Opt("--out", help="Output folder.")],
+    tile: Annotated[int | None, Opt(help="Tile side in pixels (default: the run's).")] = None,
+    overlap: Annotated[
+        float | None, Opt(help="Fraction of a tile shared with its neighbour.")
+    ] = None,
+    batch_size: Annotated[int | None, Opt(help="Tiles per forward pass; bounds memory.")] = None,
+    tta: Annotated[bool, Opt(help="Average over 4 flips (4x slower).")] = False,
+    instances: Annotated[str, Opt(help="Instance labels: watershed, components or none.")
+                         ] = "watershed",
+    min_size: Annotated[int, Opt(help="Smallest cell kept, in pixels.")] = 16,
+    save_prob: Annotated[
+        bool, Opt(help="Also write <stem>_prob.tif (float32 probability).")
+    ] = False,
+    overlay: Annotated[bool, Opt(help="Write <stem>_overlay.png.")] = True,
+    threshold: Annotated[float | None, Opt(
+        help="Override the run's probability threshold (binary heads).")] = None,
+    checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
+    device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
+    overwrite: Annotated[bool, Opt(help="Replace existing outputs.")] = False,
+    progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
+) -> None:
+    """Segment images of any size with a trained run; write masks, labels, overlays, counts.
+
+    Per image: <stem>_mask.tif (uint8, 0 background / 255 foreground), <stem>_labels.tif
+    (int32 instances), <stem>_overlay.png, optionally <stem>_prob.tif; plus counts.csv and
+    predict_args.json. Unreadable files are reported and skipped; the exit code is 1 if any
+    input failed.
+
+    Example:
+
+      celltune predict runs/unet images/ "more/*.tif" --out predictions --tile 512 --tta
+    """
+    from celltune.inference.batch import predict_files
+
+    tune_allocator()
+    console = Console()
+    result = predict_files(
+        run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
+        overlay=overlay, overwrite=overwrite, tile=tile, overlap=overlap, batch_size=batch_size,
+        tta=tta, threshold=threshold, device=device, checkpoint=checkpoint, progress=progress,
+        console=console,
+    )
+    style = "green" if result.ok else "bold red"
+    console.print(f"[{style}]{result.summary()}[/]", highlight=False, soft_wrap=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def export(
+    run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
+    format: Annotated[str, Opt("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Path | None, Opt(
+        help="Model file to write (default: RUN/export/model.onnx or .pt).")] = None,
+    opset: Annotated[int, Opt(help="ONNX opset version.")] = 17,
+    size: Annotated[str | None, Opt(
+        help="Fixed input size HxW instead of dynamic height and width.")] = None,
+    logits: Annotated[
+        bool, Opt(help="Export raw logits instead of the foreground probability.")
+    ] = False,
+    checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
+    overwrite: Annotated[bool, Opt(help="Replace an existing export.")] = False,
+) -> None:
+    """Export a run's network to ONNX or TorchScript, with a JSON of what the input needs.
+
+    The exported graph takes (N, C, H, W) float32 images already percentile-normalised to
+    [0, 1] (H and W multiples of 32) and returns the foreground probability (N, 1, H, W); any
+    ImageNet normalisation is inside the graph. <name>.json beside it holds the threshold,
+    head, channels, normalisation and size divisor. The export is checked against PyTorch.
+
+    Example:
+
+      celltune export runs/unet --format onnx --out deploy/unet.onnx
+    """
+    from celltune.inference.export import export_run, parse_size
+
+    result = export_run(run, format=format, out=out, opset=opset, size=parse_size(size),
+                        logits=logits, checkpoint=checkpoint, overwrite=overwrite)
+    Console().print(result.summary(), highlight=False, soft_wrap=True)
