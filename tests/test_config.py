@@ -39,5 +39,5 @@ def test_defaults_take_the_run_folder_name_and_device_counts_become_numbers():
 def test_a_bad_override_names_its_source(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"command line: invalid configuration \(data.crop"):
         run_config_with_overrides(None, {"data.crop": 100})
-    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'"):
         run_config_with_overrides(None, {"train.epoch": 3})

@@ -329,8 +329,12 @@ def percentiles(channel: np.ndarray, low: float, high: float) -> tuple[float, fl
     return float(lo), float(hi)
 
 
+#: Default percentiles of :func:`normalize`; exports state them so consumers can repeat it.
+NORMALIZE_LOW, NORMALIZE_HIGH = 1.0, 99.8
+
+
 def normalize(
-    image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6
+    image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH, eps: float = 1e-6
 ) -> np.ndarray:
     """Map each channel to ``[0, 1]`` between its ``low`` and ``high`` percentiles, clipped.
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celltune.errors import ConfigError
 from celltune.io import write_text
 
 
@@ -40,8 +41,6 @@ class Splits:
 
     def __getitem__(self, split: str) -> list[Sample]:
         if split not in ("train", "val", "test"):
-            from celltune.errors import ConfigError
-
             raise ConfigError(f"Unknown split {split!r}; valid splits are: train, val, test.")
         return getattr(self, split)
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from celltune.errors import RunError
 from celltune.evaluation.metrics import EMPTY_RULE, dice
+from celltune.io import write_text
 
 DEFAULT_BINS = 2000
 CONVENTION = "a pixel is foreground when its probability >= the threshold"
@@ -83,8 +84,6 @@ class ThresholdResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""
-        from celltune.io import write_text
-
         return write_text(path, self.to_json())
 
     @classmethod

@@ -34,7 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from celltune import __version__
 from celltune.errors import CelltuneError, ConfigError, DataError, OutputError, RunError
 from celltune.inference.files import (
     Failure,
@@ -249,8 +260,6 @@ def _write_args(
     options: OutputOptions,
     overwrite: bool,
 ) -> None:
-    from celltune import __version__
-
     args = {
         "celltune_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -391,14 +400,10 @@ def _write_failures(out: Path, failures: list[Failure]) -> None:
 
 
 def _default_console() -> Any:
-    from rich.console import Console
-
     return Console(stderr=True)
 
 
 def _report(console: Any, failure: Failure) -> None:
-    from rich.markup import escape
-
     console.print(f"[bold red]skipped:[/] {escape(failure.error)}", soft_wrap=True)
 
 
@@ -423,15 +428,6 @@ def _progress(console: Any, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield _NoProgress()
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

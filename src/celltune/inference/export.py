@@ -41,15 +41,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from celltune import __version__
 from celltune.errors import CelltuneError, ConfigError, RunError
-from celltune.io import atomic_path, write_text
+from celltune.inference.predict import Predictor
+from celltune.io import NORMALIZE_HIGH, NORMALIZE_LOW, atomic_path, write_text
+from celltune.models.build import foreground_probability
+from celltune.rundir import RunDir
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 #: The input normalisation of :func:`celltune.io.normalize` (its defaults), per channel.
 NORMALIZATION = {
     "method": "percentile",
-    "low": 1.0,
-    "high": 99.8,
+    "low": NORMALIZE_LOW,
+    "high": NORMALIZE_HIGH,
     "per_channel": True,
     "range": [0.0, 1.0],
     "clip": True,
@@ -100,11 +104,7 @@ class ExportModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        if self.logits:
-            return out
-        if out.shape[1] == 1:
-            return torch.sigmoid(out)
-        return torch.softmax(out, dim=1)[:, 1:2]
+        return out if self.logits else foreground_probability(out, keepdim=True)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -149,11 +149,9 @@ def export_run(
         RunError: The run is unusable, or the export exists and ``overwrite`` is False.
         ExportError: The exporter fails or the export does not reproduce PyTorch.
     """
-    from celltune.inference.predict import Predictor
-
     fmt = _check_format(format)
     predictor = Predictor.from_run(run, checkpoint=checkpoint, device="cpu")
-    path = Path(out) if out is not None else Path(run) / "export" / f"model{FORMATS[fmt]}"
+    path = Path(out) if out is not None else RunDir(run).export_dir / f"model{FORMATS[fmt]}"
     meta = {
         "run": str(run),
         "checkpoint": checkpoint,
@@ -388,8 +386,6 @@ def describe(
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     """What a consumer needs to use the export (``<name>.json`` adds checksum and checks)."""
-    from celltune import __version__
-
     head = str(getattr(model, "head", "binary"))
     out_channels = int(getattr(model, "out_channels", 1))
     divisor = int(getattr(model, "size_divisor", 32))

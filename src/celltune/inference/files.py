@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from celltune.inference.instances import label_instances, label_instances_tiled
 from celltune.io import is_image_file, normalize, to_channels
 
 #: Longest side of an overlay PNG; larger images are shrunk by an integer factor.
@@ -105,7 +106,6 @@ def label_in_bands(
     (:func:`~celltune.inference.instances.label_instances_tiled`), so memory is bounded by
     one window even when the whole slide is one confluent region.
     """
-    from celltune.inference.instances import label_instances, label_instances_tiled
 
     if mask.size <= band_pixels or method == "components":
         return label_instances(mask, method=method, min_size=min_size)
