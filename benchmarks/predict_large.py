@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from celltune.inference.predict import Predictor
+from celltune.runtime import tune_allocator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_allocator()  # as `celltune predict` does when it starts
     baseline = peak_rss_mib()
     image = synthetic_image(args.size, args.seed)
     torch.manual_seed(args.seed)  # the untrained weights decide the mask, so fix them too

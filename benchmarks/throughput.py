@@ -52,6 +52,7 @@ from celltune.data.samples import Sample, Splits
 from celltune.inference.predict import Predictor
 from celltune.io import normalize
 from celltune.rundir import RunDir
+from celltune.runtime import tune_allocator
 from celltune.training.fit import auto_precision, build_loaders, build_trainer, quiet_lightning
 from celltune.training.module import SegmentationModule
 
@@ -411,6 +412,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_allocator()  # as `celltune train` and `celltune predict` do when they start
     s = settings_from_args(args)
     with tempfile.TemporaryDirectory(prefix="celltune-throughput-") as tmp:
         rows, peaks = run(s, Path(tmp))
