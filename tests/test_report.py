@@ -254,6 +254,35 @@ def test_paired_comparison_picks_the_better_row_with_scipys_p_value(study):
     assert len(paired_comparisons(study["results"], against="all")) == 3
 
 
+def test_paired_comparisons_are_holm_corrected_and_need_the_interval_to_agree(study):
+    from celltune.evaluation.stats import holm
+
+    comparisons = paired_comparisons(study["results"], against="all")
+    raw = [c["wilcoxon_p"] for c in comparisons]
+    assert [c["p_holm"] for c in comparisons] == pytest.approx(holm(raw))
+    for c in comparisons:
+        agree = c["ci_low"] > 0 or c["ci_high"] < 0
+        assert c["significant"] == (c["p_holm"] < 0.05 and agree and c["rank_direction"] != 0)
+    # 19 images favour A slightly, one favours B a lot: the ranks say A, the mean says B.
+    results = collect(study["dir"], rows=["unet", "pspnet"])
+    a = [0.80] * 19 + [0.30]
+    b = [x - 0.015 for x in a[:19]] + [0.80]
+    for row, values in zip(results, (a, b), strict=True):
+        row.per_image = [{"name": f"im{i}", "dice": v} for i, v in enumerate(values)]
+        row.summary = {**row.summary, "dice": float(np.mean(values))}
+    (c,) = paired_comparisons(results)
+    assert c["wilcoxon_p"] < 0.01 and c["ci_low"] < 0 < c["ci_high"]
+    assert not c["significant"] and c["better"] == "neither"
+    html_text = render_html_text(results)
+    assert "Holm" in html_text
+
+
+def render_html_text(results) -> str:
+    from celltune.report.html import render_html
+
+    return render_html(results, "t", {}, {}, None, "")
+
+
 def test_paired_comparison_uses_only_images_in_common(study, tmp_path):
     results = collect(study["dir"], rows=["unet", "pspnet"])
     results[1].per_image = results[1].per_image[2:]  # pspnet lost two images

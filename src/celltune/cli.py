@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from celltune import __version__
+from celltune.cli_compare import bench, report, study
 from celltune.cli_data import data_app
 from celltune.cli_deploy import export, predict
 from celltune.errors import CelltuneError
@@ -32,7 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-# Command groups in their own modules: `celltune data ...`, and predict/export, which use a run.
+# Command groups in their own modules: `celltune data ...`; report, study and bench, which
+# compare models; predict and export, which use a trained run.
 app.add_typer(data_app, name="data")
 
 _DEBUG = False
@@ -220,69 +222,11 @@ def evaluate(
         raise typer.Exit(1)
 
 
-@app.command()
-def report(
-    study_dir: Annotated[Path, Arg(help="Study folder (one run folder per row).")],
-    title: Annotated[str | None, Opt(help="Report title (default: the study's name).")] = None,
-    images: Annotated[int, Opt(help="Test images in the mask comparison grid.")] = 4,
-) -> None:
-    """Regenerate results.md, results.csv, report.html and plots/ from a finished study folder.
-
-    Rows, labels and paper numbers come from STUDY_DIR/study.yaml (written by `celltune study`).
-
-    Without it, every sub-folder holding done.json is a row.
-
-    Example:
-
-      celltune report studies/demo
-    """
-    from celltune.report import regenerate, render_console
-
-    console = _console()
-    result = regenerate(study_dir, title=title, grid_images=images)
-    render_console(result.results, console, result.paper, title=result.title)
-    console.print(f"Report: [bold]{result.paths['html']}[/]")
-
-
+app.command()(report)
 app.command()(predict)
 app.command()(export)
-
-
-@app.command()
-def study(
-    config: Annotated[Path, Arg(help="Study config YAML (see configs/).")],
-    out: Annotated[Path, Opt("--out", "-o", help="Study folder to create.")] = Path(
-        "studies/study"
-    ),
-    data: Annotated[Path | None, Opt(
-        help="Dataset root for every row (overrides the config).")] = None,
-    rows: Annotated[str | None, Opt(
-        help="Comma-separated row names to run (default: all).")] = None,
-    resume: Annotated[
-        bool, Opt(help="Skip finished rows and continue an interrupted one.")
-    ] = False,
-    overwrite: Annotated[bool, Opt(help="Replace an existing study folder.")] = False,
-) -> None:
-    """Train and evaluate every row of a study, then write results.md/csv and report.html.
-
-    Examples:
-
-      celltune study configs/neurips.yaml --data data/neurips --out studies/neurips
-
-      celltune study configs/neurips.yaml --out studies/neurips --resume
-    """
-    from celltune.report import render_console
-    from celltune.workflows.study import run_study
-
-    _start_compute()
-    console = _console()
-    outcome = run_study(config, out, resume=resume, overwrite=overwrite, data_root=data,
-                        rows=rows.split(",") if rows else None, console=console)
-    if outcome.report is None:  # a DDP worker process: rank 0 reports
-        return
-    report = outcome.report
-    render_console(report.results, console, paper=report.paper, title=report.title)
-    console.print(f"Report: [bold]{report.paths['html']}[/]")
+app.command()(study)
+app.command()(bench)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,7 +15,8 @@ re-evaluate the run)::
       plots/loss.png, threshold.png
 
 A study folder holds one run folder per row, ``study.yaml``, ``results.md``,
-``results.csv``, ``report.html`` and ``plots/``.
+``results.csv``, ``report.html`` and ``plots/``. A benchmark folder (:class:`BenchDir`) holds
+``split.json``, ``runs/<recipe>/seed<k>/`` and ``results.json`` / ``results.md``.
 
 Example:
     >>> run = RunDir("runs/unet")
@@ -49,7 +50,8 @@ from celltune.data.samples import Splits
 from celltune.errors import RunError
 from celltune.io import read_array, write_png, write_text
 
-CHECKPOINTS = ("best", "last")
+#: The run's checkpoints: the best validation Dice, and the last epoch (to resume from).
+CHECKPOINTS = {"best": "best.ckpt", "last": "last.ckpt"}
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -129,8 +131,11 @@ class RunDir:
         return self.path / "export"
 
     def checkpoint(self, which: str = "best") -> Path:
-        """``checkpoints/best.ckpt`` or ``checkpoints/last.ckpt``."""
-        return self.checkpoints_dir / f"{which}.ckpt"
+        """``checkpoints/best.ckpt`` or ``checkpoints/last.ckpt``.
+
+        Another name gives a path that does not exist, which loading reports by name.
+        """
+        return self.checkpoints_dir / CHECKPOINTS.get(which, f"{which}.ckpt")
 
     def eval_dir(self, split: str) -> Path:
         return self.path / "eval" / split
@@ -326,3 +331,30 @@ class StudyDir:
 
     def write_config(self, study: StudyConfig) -> Path:
         return save_run_config(study, self.config_path)
+
+
+class BenchDir:
+    """A quality benchmark's folder (``celltune bench``): the split, one folder per training,
+    the results."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def results_json(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def results_md(self) -> Path:
+        return self.path / "results.md"
+
+    def training(self, recipe: str, seed: int) -> Path:
+        """The work folder of one training (a celltune run folder for the celltune recipe)."""
+        return self.path / "runs" / recipe / f"seed{seed}"
+
+    def scores(self, recipe: str, seed: int) -> Path:
+        return self.training(recipe, seed) / "scores.json"

@@ -59,7 +59,7 @@ _FIGURES = (
 )
 # Right-aligned (numeric) columns of the results and comparison tables.
 _RESULT_TEXT_COLUMNS = 4
-_COMPARISON_NUMERIC = (2, 3, 4, 5, 7)
+_COMPARISON_NUMERIC = (2, 3, 4, 5, 7, 8)
 
 
 def _e(text: Any) -> str:
@@ -110,9 +110,12 @@ def _comparison_section(results: Sequence[RowResult]) -> str:
     parts = [
         "<h2>Paired comparison</h2>",
         "<p>Each row against the row with the highest mean test Dice, on the test images "
-        "both scored. <em>Higher</em> names the row with the higher mean; a difference is "
-        "called significant when the two-sided Wilcoxon signed-rank p-value is below "
-        "0.05.</p>",
+        "both scored. <em>Higher</em> names the row with the higher mean. A difference is "
+        "called significant only when the bootstrap 95% interval of the mean difference "
+        "excludes 0, the two-sided Wilcoxon signed-rank p-value, Holm-adjusted over the "
+        "comparisons in the table, is below 0.05, and the signed ranks agree with the "
+        "interval. The best row was picked on these test images, so read a non-significant "
+        "result as a tie.</p>",
         _table(*display_comparisons(paired_comparisons(results)), _COMPARISON_NUMERIC),
     ]
     if len(results) > 2:

@@ -24,7 +24,7 @@ import torch
 
 from celltune.config import RunConfig
 from celltune.errors import CelltuneError, RunError
-from celltune.evaluation.stats import paired_test
+from celltune.evaluation.stats import paired_tests
 from celltune.models import count_params
 from celltune.models.build import build_network
 from celltune.rundir import RunDir, StudyDir
@@ -199,9 +199,14 @@ def paired_comparisons(
 
     Returns:
         Dicts with ``a``, ``b`` (labels), ``n_common``, ``n_only_a``, ``n_only_b``, the
-        fields of :func:`celltune.evaluation.stats.paired_test` (mean difference is a - b),
-        ``higher`` (label with the higher mean, or ``"tie"``) and ``significant``
-        (Wilcoxon p < 0.05).
+        fields of :func:`celltune.evaluation.stats.paired_tests` (mean difference is a - b;
+        ``p_holm`` is the Wilcoxon p-value Holm-adjusted over the comparisons returned),
+        ``higher`` (label with the higher mean, or ``"tie"``: a description, not a verdict)
+        and ``significant``: the bootstrap interval excludes 0, the Holm-adjusted p-value is
+        below 0.05 and the signed ranks agree with the interval (``better`` names the row).
+        With ``against="best"`` the best row was chosen on these same test images, which
+        the Holm correction over all its comparisons accounts for only in part: read it as
+        "no other row is clearly better", not as a confirmed winner.
     """
     if against not in ("best", "all"):
         raise ValueError(f"against must be 'best' or 'all', got {against!r}.")
@@ -211,12 +216,15 @@ def paired_comparisons(
     else:
         best = max(range(len(results)), key=lambda i: (float(results[i].summary[metric]), -i))
         pairs = [(best, i) for i in range(len(results)) if i != best]
+    kept = [(i, j, sorted(scores[i].keys() & scores[j].keys())) for i, j in pairs]
+    kept = [(i, j, common) for i, j, common in kept if common]
+    tests = paired_tests(
+        [([scores[i][k] for k in common], [scores[j][k] for k in common])
+         for i, j, common in kept],
+        alpha=ALPHA,
+    )
     out = []
-    for i, j in pairs:
-        common = sorted(scores[i].keys() & scores[j].keys())
-        if not common:
-            continue
-        test = paired_test([scores[i][k] for k in common], [scores[j][k] for k in common])
+    for (i, j, common), test in zip(kept, tests, strict=True):
         diff = test["mean_diff"]
         higher = results[i].label if diff > 0 else results[j].label if diff < 0 else "tie"
         out.append(
@@ -228,7 +236,7 @@ def paired_comparisons(
                 "n_only_b": len(scores[j]) - len(common),
                 **test,
                 "higher": higher,
-                "significant": bool(test["wilcoxon_p"] < ALPHA),
+                "significant": test["better"] != "neither",
             }
         )
     return out

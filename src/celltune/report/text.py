@@ -135,7 +135,8 @@ def display_comparisons(
         "A − B (95% CI)",
         "Higher",
         "Wilcoxon p",
-        "Significant (p < 0.05)",
+        "Holm p",
+        "Significant",
     ]
     cells = []
     for c in comparisons:
@@ -152,6 +153,7 @@ def display_comparisons(
                 f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
                 c["higher"],
                 fmt_p(c["wilcoxon_p"]),
+                fmt_p(c["p_holm"]),
                 "yes" if c["significant"] else "no",
             ]
         )
@@ -189,9 +191,10 @@ def conventions(results: Sequence[RowResult]) -> list[tuple[str, str]]:
         ),
         (
             "Paired comparison",
-            "Two-sided Wilcoxon signed-rank test of per-image Dice "
-            "differences on the test images both rows scored; the interval is a bootstrap 95% CI "
-            "of the mean difference.",
+            "Per-image Dice differences on the test images both rows scored: a bootstrap 95% "
+            "CI of the mean difference and a two-sided Wilcoxon signed-rank test, Holm-adjusted "
+            "over the comparisons of the table. Significant only when the CI excludes 0, the "
+            "Holm p-value is below 0.05 and the signed ranks point the same way.",
         ),
     ]
 
