@@ -7,7 +7,6 @@ calls one library function and prints the result.
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -118,6 +117,16 @@ def bench(
         seeds=[int(s) for s in seeds.split(",")], minutes=minutes, split_file=split,
         group_pattern=group, keep_checkpoints=keep_checkpoints,
         progress=lambda line: console.print(line, highlight=False, markup=False),
-        command="celltune bench " + shlex.join(sys.argv[2:]),
+        command=shlex.join(["celltune", "bench", *_bench_args(data, out, minutes, seeds, recipes,
+                                                             split, group)]),
     )
     console.print(render_markdown(result), highlight=False, markup=False)
+
+
+def _bench_args(data: Path, out: Path, minutes: float, seeds: str, recipes: str,
+                split: Path | None, group: str | None) -> list[str]:
+    """The command line that reproduces a benchmark, for its report."""
+    args = [str(data), "--out", str(out), "--minutes", f"{minutes:g}", "--seeds", seeds,
+            "--recipes", recipes]
+    args += ["--split", str(split)] if split else []
+    return args + (["--group", group] if group else [])
