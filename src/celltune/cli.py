@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from celltune import __version__
 from celltune.cli_compare import bench, report, study
 from celltune.cli_data import data_app
 from celltune.cli_deploy import export, predict
 from celltune.errors import CelltuneError
+from celltune.runtime import tune_allocator
 
 app = typer.Typer(
     name="celltune",
@@ -40,19 +43,6 @@ app.add_typer(data_app, name="data")
 _DEBUG = False
 Opt = typer.Option
 Arg = typer.Argument
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
-def _start_compute() -> None:
-    """Process-wide CPU settings for commands that run a network (see celltune.runtime)."""
-    from celltune.runtime import tune_allocator
-
-    tune_allocator()
 
 
 def _version_callback(value: bool) -> None:
@@ -86,8 +76,8 @@ def demo(
     """
     from celltune.workflows.demo import run_demo
 
-    _start_compute()
-    run_demo(out, overwrite=overwrite, console=_console())
+    tune_allocator()
+    run_demo(out, overwrite=overwrite, console=Console())
 
 
 @app.command("models")
@@ -102,7 +92,7 @@ def models_cmd(size: Annotated[int, Opt(help="Input side for the GFLOPs column."
     from celltune.report.console import MODELS_NOTE
     from celltune.report.console import models_table as render_models
 
-    console = _console()
+    console = Console()
     console.print(render_models(models_table(size=size), size))
     console.print(MODELS_NOTE)
 
@@ -170,12 +160,12 @@ def train(
         "train.compile": compile_model,
     }
     cfg = run_config_with_overrides(config, overrides, default_name=out.name)
-    _start_compute()
+    tune_allocator()
     result = run_pipeline(cfg, out, resume=resume, overwrite=overwrite,
                           evaluate_split="test" if evaluate else None)
     if result.worker:
         return
-    console = _console()
+    console = Console()
     if result.summary:
         s = result.summary
         console.print(
@@ -205,8 +195,8 @@ def evaluate(
     from celltune.evaluation.evaluate import evaluate_run
     from celltune.rundir import RunDir
 
-    _start_compute()
-    console = _console()
+    tune_allocator()
+    console = Console()
     s = evaluate_run(run, split=split, data_root=data, instance_method=instances)
     lo, hi = s["dice_ci95"]
     console.print(
@@ -244,9 +234,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _stderr_line(markup: str, text: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
     Console(stderr=True).print(f"{markup} {escape(text)}", highlight=False, soft_wrap=True)
 
 
@@ -278,7 +265,7 @@ def main() -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"{where}{exc.strerror or exc}.", 1)
     except KeyboardInterrupt:
-        _console().print("[yellow]interrupted[/]")
+        Console().print("[yellow]interrupted[/]")
         sys.exit(130)
 
 
