@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from celltune.data.groups import GROUP_RULES, group_of
 from celltune.data.neurips import discover
 from celltune.data.samples import Sample, Splits
 from celltune.errors import ConfigError
 from celltune.io import write_text
 from celltune.rundir import BenchDir
 
-#: Built-in rules for images that are not independent; the first that matches names the group.
-GROUP_RULES = (
-    (r"(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", "TCGA case (one slide)"),
-    (r"^(.+?)[_-]t\d+$", "time-lapse movie (<movie>_t<frame>)"),
-)
-
-
-def group_of(name: str, pattern: str | None = None) -> str:
-    """The group of correlated images an image belongs to; the image itself by default.
-
-    ``pattern`` (a regular expression searched in the image stem; its first group, or the whole
-    match, is the group) replaces :data:`GROUP_RULES`.
-    """
-    rules = [(pattern, "")] if pattern else GROUP_RULES
-    for rule, _ in rules:
-        found = re.search(rule, name, flags=re.IGNORECASE)
-        if found:
-            return found.group(1) if found.groups() else found.group(0)
-    return name
+# group_of and GROUP_RULES live in celltune.data.groups (the fingerprint uses them too);
+# importing them here keeps `from celltune.workflows.bench_split import group_of` working.
+__all__ = ["GROUP_RULES", "group_of", "make_split", "prepare_split"]
 
 
 def _take(groups: list[tuple[str, list[Sample]]], target: int, leave: int) -> tuple[list, list]:
