@@ -268,7 +268,7 @@ def read_label(path: str | os.PathLike, shape: tuple[int, int] | None = None) ->
     raw = np.squeeze(read_array(path))
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and _channels_equal(raw[..., :3]):
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and channels_equal(raw[..., :3]):
         raw = raw[..., 0]  # labels saved as gray-in-RGB
     if raw.ndim != 2:
         raise ImageReadError(
@@ -295,8 +295,10 @@ def read_label(path: str | os.PathLike, shape: tuple[int, int] | None = None) ->
     return raw.astype(np.int32)
 
 
-def _channels_equal(rgb: np.ndarray) -> bool:
-    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+def channels_equal(image: np.ndarray) -> bool:
+    """True when every channel of ``(..., C)`` equals the first (gray saved as RGB; C = 1 too)."""
+    first = image[..., 0]
+    return all(np.array_equal(first, image[..., c]) for c in range(1, image.shape[-1]))
 
 
 def to_binary(label: np.ndarray) -> np.ndarray:
