@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "celltune"
 #: Every file name of a run or study folder: only celltune/rundir.py may spell them.
 RUN_FOLDER_FILES = (
-    "config.yaml", "splits.json", "threshold.json", "done.json", "metrics.csv", "summary.json",
+    "config.yaml", "fingerprint.json", "splits.json", "threshold.json", "done.json", "metrics.csv", "summary.json",
     "per_image.csv", "best.ckpt", "last.ckpt", "study.yaml", "results.md", "results.csv",
     "report.html", "loss_curves.png", "threshold_curves.png",
 )

@@ -357,7 +357,7 @@ def test_validation_larger_than_training_pool(tmp_path: Path) -> None:
     for i in range(3):
         pair(tmp_path / "Training-labeled", f"t{i}")
     pair(tmp_path / "Tuning", "v")
-    with pytest.raises(DataError, match=r"data\.val asks for 3 .* only 3 training images"):
+    with pytest.raises(DataError, match=r"--val 3 asks for 3 validation .* only 3 training images"):
         make_splits(DataConfig(root=tmp_path, val=3), seed=0)
 
 

@@ -114,12 +114,18 @@ def train(
     max_time: Annotated[float | None, Opt(help="Wall-clock budget in minutes.")] = None,
     batch_size: Annotated[int | None, Opt(help="Crops per batch.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (AdamW).")] = None,
-    crop: Annotated[int | None, Opt(help="Training crop side (multiple of 32).")] = None,
+    crop: Annotated[int | None, Opt(
+        help="Training crop side (multiple of 32); default from image and object size.")] = None,
     patience: Annotated[
         int | None, Opt(help="Stop after this many epochs without val Dice gain.")
     ] = None,
-    filter: Annotated[str | None, Opt(help="Image filter: study or all.")] = None,
-    channels: Annotated[int | None, Opt(help="1 (grayscale) or 3 (RGB).")] = None,
+    filter: Annotated[str | None, Opt(help="Image filter: all (default) or study (tif only).")
+                      ] = None,
+    val: Annotated[float | None, Opt(
+        help="Validation images: a count (4) or a share (0.2); default about 15%, 2 to 20.")
+    ] = None,
+    channels: Annotated[int | None, Opt(
+        help="1 (grayscale) or 3 (RGB); default 3 when colour carries information.")] = None,
     seed: Annotated[int | None, Opt(help="Seed for splits, crops, init.")] = None,
     accelerator: Annotated[str | None, Opt(help="auto, cpu, gpu.")] = None,
     devices: Annotated[str | None, Opt(help="Devices per node (auto or a count).")] = None,
@@ -145,12 +151,16 @@ def train(
       celltune train configs/demo.yaml --out runs/demo --epochs 5
 
       celltune train --out runs/unet --resume
+
+    Settings not given (filter, validation images, channels, crop, foreground sampling) are
+    derived from the training images and saved with their reasons in the run's config.yaml.
     """
     from celltune.config import run_config_with_overrides
     from celltune.workflows.run import run_pipeline
 
     overrides = {
-        "data.root": data, "data.filter": filter, "data.channels": channels, "data.crop": crop,
+        "data.root": data, "data.filter": filter, "data.val": val, "data.channels": channels,
+        "data.crop": crop,
         "model.name": model, "model.weights": weights, "model.head": head,
         "model.encoder": encoder, "train.epochs": epochs, "train.max_time": max_time,
         "train.batch_size": batch_size, "train.lr": lr, "train.loss": loss, "train.aug": aug,

@@ -38,7 +38,12 @@ class SynthConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Where images come from and how they are split and fed to the model."""
+    """Where images come from and how they are split and fed to the model.
+
+    ``filter``, ``val``, ``channels``, ``crop`` and ``foreground_sampling`` are derived from
+    the dataset's fingerprint when a run does not give them (:mod:`celltune.data.derive`);
+    the defaults below are what a bare ``DataConfig`` holds before that.
+    """
 
     root: Path | None = Field(None, description="dataset root; None = synthetic data")
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
@@ -155,6 +160,11 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    derived: dict[str, str] = Field(
+        default_factory=dict,
+        description="settings derived from the dataset's fingerprint (dotted path -> reason); "
+        "written by training, informational when read",
+    )
 
 
 class StudyRow(_Section):
@@ -298,7 +308,10 @@ def run_config_with_overrides(
     Raises:
         ConfigError: the YAML or a value is invalid; the message names the source.
     """
-    base = load_run_config(path).model_dump(mode="json") if path is not None else {}
+    # Only what the YAML gives: settings it leaves out stay unset, so training derives them.
+    base = {}
+    if path is not None:
+        base = load_run_config(path).model_dump(mode="json", exclude_unset=True)
     merged = _deep_merge(base, nest(overrides))
     if default_name is not None and merged.get("name") in (None, "run"):
         merged["name"] = default_name

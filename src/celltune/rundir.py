@@ -5,7 +5,8 @@ No other module spells a file name of these folders; they ask :class:`RunDir` an
 re-evaluate the run)::
 
     RUN/
-      config.yaml            resolved config with provenance
+      config.yaml            resolved config with provenance and the derived settings' reasons
+      fingerprint.json       the training images' fingerprint (when settings were derived)
       splits.json            train / val / test image lists
       checkpoints/best.ckpt, last.ckpt
       metrics.csv            one row per epoch
@@ -92,6 +93,11 @@ class RunDir:
     @property
     def splits_path(self) -> Path:
         return self.path / "splits.json"
+
+    @property
+    def fingerprint_path(self) -> Path:
+        """The training images' fingerprint, also the cache a resumed or DDP run reads."""
+        return self.path / "fingerprint.json"
 
     @property
     def threshold_path(self) -> Path:

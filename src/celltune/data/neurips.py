@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from celltune.config import DataConfig
+from celltune.data.derive import default_val_count
 from celltune.data.samples import Sample, Splits
 from celltune.errors import DataError
 from celltune.io import IMAGE_EXTENSIONS, TIFF_EXTENSIONS
@@ -298,9 +299,10 @@ def _training_pool(found: Discovery) -> list[Sample]:
 
 def _nonempty(samples: list[Sample], what: str, root: Path, filter_name: str) -> list[Sample]:
     if not samples:
+        hint = "use --filter all to keep every paired image, or " if filter_name != "all" else ""
         raise DataError(
-            f"{root}: the {what} split is empty with filter {filter_name!r}; choose another "
-            "data.filter (study, all) or check that images have labels."
+            f"{root}: the {what} split is empty with filter {filter_name!r}; {hint}check that "
+            "images have labels."
         )
     return samples
 
@@ -341,25 +343,19 @@ def _matches(image: Path, entry: str) -> bool:
     return wanted.parts in (image.parts[-n:], image.with_suffix("").parts[-n:])
 
 
-def make_splits(data_cfg: DataConfig, seed: int) -> Splits:
-    """Deterministic train / validation / test lists for ``data_cfg.root``.
-
-    Test is the filtered Tuning folder when present (``test: auto``), else a held-out
-    ``test_fraction`` of the training pool, or the images named in a list file. Validation
-    (``val``: a count when >= 1, else a fraction) is drawn from what remains. Samples are
-    sorted by name, then permuted with ``numpy.random.default_rng(seed)``.
-
-    Raises:
-        DataError: no root, no recognised layout, or an empty split after filtering.
-    """
+def _discover(data_cfg: DataConfig) -> Discovery:
     if data_cfg.root is None:
-        raise DataError("data.root is not set; give a dataset folder to split.")
-    found = discover(data_cfg.root)
-    warn_unpaired(found)
+        raise DataError("data.root is not set; give a dataset folder (--data) to split.")
+    return discover(data_cfg.root)
+
+
+def _test_and_pool(
+    found: Discovery, data_cfg: DataConfig, rng: np.random.Generator
+) -> tuple[list[Sample], list[Sample]]:
+    """The test images and the filtered pool left for training and validation."""
     root, name = found.root, data_cfg.filter
     pool, _ = apply_filter(_training_pool(found), name)
     _nonempty(pool, "training", root, name)
-    rng = np.random.default_rng(seed)
     if data_cfg.test != "auto":
         # An explicit list is used as given: the user chose those images, filter or not.
         test = read_list_file(Path(data_cfg.test), found.all_samples())
@@ -372,12 +368,48 @@ def make_splits(data_cfg: DataConfig, seed: int) -> Splits:
         n_test = _count(data_cfg.test_fraction, len(shuffled))
         test, pool = shuffled[:n_test], shuffled[n_test:]
     _nonempty(test, "test", root, name)
+    return test, pool
+
+
+def training_images(data_cfg: DataConfig, seed: int) -> list[Sample]:
+    """The images :func:`make_splits` divides into training and validation, sorted by name.
+
+    The same root, filter, test rule and seed give the same images as the splits' train and
+    validation lists together; test images are never among them.
+    """
+    _, pool = _test_and_pool(_discover(data_cfg), data_cfg, np.random.default_rng(seed))
+    return _sorted(pool)
+
+
+def _too_few(root: Path, data_cfg: DataConfig, n_val: int, available: int) -> DataError:
+    if available < 2:
+        advice = "add labelled images: training and validation need at least one each"
+    else:
+        advice = f"lower it, e.g. --val {default_val_count(available)}"
+    return DataError(
+        f"{root}: --val {data_cfg.val:g} asks for {n_val} validation images but only "
+        f"{available} training images remain with filter {data_cfg.filter!r}; {advice}."
+    )
+
+
+def make_splits(data_cfg: DataConfig, seed: int) -> Splits:
+    """Deterministic train / validation / test lists for ``data_cfg.root``.
+
+    Test is the filtered Tuning folder when present (``test: auto``), else a held-out
+    ``test_fraction`` of the training pool, or the images named in a list file. Validation
+    (``val``: a count when >= 1, else a fraction) is drawn from what remains. Samples are
+    sorted by name, then permuted with ``numpy.random.default_rng(seed)``.
+
+    Raises:
+        DataError: no root, no recognised layout, or an empty split after filtering.
+    """
+    found = _discover(data_cfg)
+    warn_unpaired(found)
+    rng = np.random.default_rng(seed)
+    test, pool = _test_and_pool(found, data_cfg, rng)
     shuffled = _shuffled(pool, rng)
     n_val = _count(data_cfg.val, len(shuffled))
     if n_val >= len(shuffled):
-        raise DataError(
-            f"{root}: data.val asks for {n_val} validation images but only {len(shuffled)} "
-            f"training images remain with filter {name!r}; lower data.val."
-        )
+        raise _too_few(found.root, data_cfg, n_val, len(shuffled))
     val, train = shuffled[:n_val], shuffled[n_val:]
     return Splits(train=_sorted(train), val=_sorted(val), test=_sorted(test))

@@ -30,7 +30,9 @@ from celltune import __version__
 from celltune.config import RunConfig
 from celltune.data.augment import AUGMENTATIONS
 from celltune.data.dataset import CropDataset, WholeImageDataset, collate_whole
-from celltune.data.neurips import FILTERS, make_splits
+from celltune.data.derive import data_filter, derive_config, unset_fields
+from celltune.data.fingerprint import fingerprint_for
+from celltune.data.neurips import FILTERS, make_splits, training_images
 from celltune.data.samples import Splits
 from celltune.data.synthetic import ensure_dataset
 from celltune.errors import DataError, RunError
@@ -115,6 +117,36 @@ def resolve_data(config: RunConfig, run: RunDir) -> RunConfig:
     if not is_worker():  # DDP workers start after rank 0 has written it
         ensure_dataset(root, n=syn.n, size=syn.size, seed=syn.seed, png_fraction=syn.png_fraction)
     return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+
+
+def derive_settings(config: RunConfig, run: RunDir, splits: Splits | None = None) -> RunConfig:
+    """Fill the data settings the config left unset from the training images' fingerprint.
+
+    The fingerprint describes the images training and validation are drawn from (never the
+    test images) and is saved as the run folder's fingerprint file, which DDP workers and
+    reruns read instead of decoding the images again. ``splits`` (or splits already saved in
+    the run folder) fix those images, and a given split fixes the validation count too.
+    """
+    missing = unset_fields(config.data)
+    if not missing:
+        return config
+    fixed = splits if splits is not None else (
+        run.read_splits() if run.splits_path.is_file() else None)
+    if fixed is not None and "val" in missing:
+        n_val = max(1, len(fixed.val))
+        config = config.model_copy(update={
+            "data": config.data.model_copy(update={"val": n_val}),
+            "derived": {**config.derived, "data.val": f"{n_val}: the validation images of the "
+                        "split given"},
+        })
+    if fixed is not None:
+        pool = [*fixed.train, *fixed.val]
+    else:
+        chosen = config.data.filter if "filter" not in missing else data_filter().value
+        pool = training_images(config.data.model_copy(update={"filter": chosen}),
+                               config.train.seed)
+    fingerprint = fingerprint_for(pool, run.fingerprint_path, write=not is_worker())
+    return derive_config(config, fingerprint)[0]
 
 
 def load_or_make_splits(config: RunConfig, run: RunDir) -> Splits:
@@ -225,6 +257,8 @@ def _prepare(
 ) -> tuple[RunDir, RunConfig, Splits]:
     """The run folder with its config and splits written; the config and splits to train on.
 
+    Data settings the config leaves unset are derived from the training images here, before
+    the config is saved, so config.yaml holds the values trained with and their reasons.
     DDP workers re-run the command after rank 0 prepared the folder; with --overwrite they
     would delete it, without --resume refuse it. Rank 0 owns every file.
     """
@@ -232,7 +266,7 @@ def _prepare(
     run = RunDir(out if worker else prepare_run_dir(out, resume=resume, overwrite=overwrite))
     if resume and run.is_run():
         config = run.read_config()
-    config = resolve_data(config, run)
+    config = derive_settings(resolve_data(config, run), run, splits)
     if not worker:
         run.write_config(config, provenance())
     if splits is not None and not worker and not run.splits_path.is_file():

@@ -1,0 +1,168 @@
+"""Training settings derived from a dataset fingerprint, each with a one-line reason.
+
+Every rule is a pure function of a :class:`~celltune.data.fingerprint.Fingerprint` (and the
+user's value, which always wins). :func:`derive_config` fills the data settings a run config
+left unset and records why in its ``derived`` section, which is saved in the run's config.
+
+"Unset" means not given: not in the YAML file, not on the command line, not in the mapping
+the config was validated from (pydantic's ``model_fields_set``). A config read back from a
+run folder has every value set, so a resumed run derives nothing again.
+
+Example:
+    >>> from celltune.config import RunConfig
+    >>> cfg, reasons = derive_config(RunConfig(), fingerprint)     # doctest: +SKIP
+    >>> reasons["data.val"]                                        # doctest: +SKIP
+    '6 of 40 images (15%, at least 2, at most 20), leaving 34 to train on'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celltune.config import DataConfig, RunConfig
+from celltune.data.fingerprint import COLOUR_SHARE, Fingerprint
+
+#: Validation images: this share of the training images, within [VAL_MIN, VAL_MAX].
+VAL_SHARE, VAL_MIN, VAL_MAX = 0.15, 2, 20
+#: Crop side: the default, its bounds, and how many median object diameters it must span.
+CROP_DEFAULT, CROP_MIN, CROP_MAX, CROP_DIAMETERS = 256, 128, 512, 4
+#: Objects covering less than this share of the pixels are sparse: crops are aimed at them.
+SPARSE_FOREGROUND, FOREGROUND_SAMPLING = 0.1, 0.5
+#: Data settings that are derived when unset, in the order they are derived.
+DERIVED_FIELDS = ("filter", "val", "channels", "crop", "foreground_sampling")
+_GIVEN = "given"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A setting's value and why it was chosen."""
+
+    value: Any
+    reason: str
+
+
+def default_val_count(n: int) -> int:
+    """Validation images for ``n`` training images: 15%, at least 2, at most 20, below n."""
+    return max(1, min(max(round(VAL_SHARE * n), VAL_MIN), VAL_MAX, n - 1))
+
+
+def validation_count(fp: Fingerprint, user: float | None = None) -> Choice:
+    """About 15% of the training images for validation, at least 2, at most 20.
+
+    Never leaves fewer than one image to train on; with a single image the count is 1 and
+    the split reports that it cannot be made. A user's count (>= 1) or fraction (< 1) wins.
+    """
+    if user is not None:
+        return Choice(user, _GIVEN)
+    n = fp.images
+    count = default_val_count(n)
+    return Choice(
+        count,
+        f"{count} of {n} images ({VAL_SHARE:.0%}, at least {VAL_MIN}, at most {VAL_MAX}), "
+        f"leaving {max(0, n - count)} to train on",
+    )
+
+
+def data_filter(user: str | None = None) -> Choice:
+    """Every paired image; the NeurIPS study's tif-only rule is set by the study config."""
+    if user is not None:
+        return Choice(user, _GIVEN)
+    return Choice("all", "every paired image; the tif-only 'study' filter is the study's rule")
+
+
+def input_channels(fp: Fingerprint, user: int | None = None) -> Choice:
+    """3 (RGB) when colour carries information in the set, else 1 (grayscale)."""
+    if user is not None:
+        return Choice(user, _GIVEN)
+    if fp.sampled == 0:
+        return Choice(1, "1 (grayscale): no image could be decoded to look for colour")
+    seen = f"{fp.colour_images} of {fp.sampled} decoded images carry colour"
+    if fp.colour:
+        return Choice(3, f"3 (RGB): {seen}")
+    if fp.colour_images:
+        return Choice(1, f"1 (grayscale): only {seen} (less than {COLOUR_SHARE:.0%})")
+    return Choice(1, "1 (grayscale): no image carries colour (equal channels or one tinted "
+                     "signal)")
+
+
+def _floor32(x: float) -> int:
+    return max(32, int(x) // 32 * 32)
+
+
+def _ceil32(x: float) -> int:
+    return max(32, math.ceil(x / 32) * 32)
+
+
+def crop_size(fp: Fingerprint, user: int | None = None) -> Choice:
+    """A multiple of 32: 256, or 4 median object diameters when larger, at most 512, and
+    never larger than the median image side (a crop past the image is zero padding)."""
+    if user is not None:
+        return Choice(user, _GIVEN)
+    side, diameter = fp.median_side, fp.object_diameter
+    want = CROP_DEFAULT
+    if diameter is not None:
+        want = max(want, _ceil32(CROP_DIAMETERS * diameter))
+    crop = min(want, CROP_MAX)
+    if side is not None and _floor32(side) < crop:
+        crop = _floor32(side)
+        return Choice(crop, f"{crop}: the median image side ({side:g} px) rounded down to 32")
+    objects = "no objects found" if diameter is None else \
+        f"{CROP_DIAMETERS} median object diameters = {CROP_DIAMETERS * diameter:.0f} px"
+    if crop == CROP_MAX and want > CROP_MAX:
+        return Choice(crop, f"{crop}: the largest crop ({objects})")
+    if crop > CROP_DEFAULT:
+        return Choice(crop, f"{crop}: {objects}, rounded up to 32")
+    return Choice(crop, f"{crop}: the default ({objects}; images {side:g} px)")
+
+
+def foreground_sampling(fp: Fingerprint, user: float | None = None) -> Choice:
+    """Half the crops centred on an object when objects cover under 10% of the pixels."""
+    if user is not None:
+        return Choice(user, _GIVEN)
+    share = fp.foreground_fraction
+    if share is None:
+        return Choice(0.0, "0: no label statistics")
+    if share < SPARSE_FOREGROUND:
+        return Choice(FOREGROUND_SAMPLING, f"{FOREGROUND_SAMPLING:g}: objects cover {share:.1%} "
+                      f"of the pixels (sparse, < {SPARSE_FOREGROUND:.0%})")
+    return Choice(0.0, f"0: objects cover {share:.0%} of the pixels; uniform crops find them")
+
+
+RULES: dict[str, Callable[[Fingerprint], Choice]] = {
+    "filter": lambda fp: data_filter(),
+    "val": validation_count,
+    "channels": input_channels,
+    "crop": crop_size,
+    "foreground_sampling": foreground_sampling,
+}
+
+
+def unset_fields(data: DataConfig) -> tuple[str, ...]:
+    """The derivable data settings that ``data`` was not given."""
+    return tuple(f for f in DERIVED_FIELDS if f not in data.model_fields_set)
+
+
+def derive_all(fp: Fingerprint) -> dict[str, Choice]:
+    """Every rule's choice for ``fp`` (what a run that sets none of them would use)."""
+    return {name: rule(fp) for name, rule in RULES.items()}
+
+
+def derive_config(config: RunConfig, fingerprint: Fingerprint) -> tuple[RunConfig, dict[str, str]]:
+    """``config`` with its unset data settings derived from ``fingerprint``.
+
+    Returns:
+        The new config (its ``derived`` section extended) and the new reasons, keyed by
+        dotted config path (``data.val``). A config with every setting given comes back
+        unchanged with no reasons.
+    """
+    choices = {name: RULES[name](fingerprint) for name in unset_fields(config.data)}
+    if not choices:
+        return config, {}
+    given = config.data.model_dump(exclude_unset=True)
+    data = DataConfig.model_validate({**given, **{k: c.value for k, c in choices.items()}})
+    reasons = {f"data.{k}": c.reason for k, c in choices.items()}
+    derived = {**config.derived, **reasons}
+    return config.model_copy(update={"data": data, "derived": derived}), reasons
