@@ -101,11 +101,12 @@ def test_channels_are_3_when_at_least_a_tenth_of_the_images_carry_colour(colour,
         (200, 10.0, 192, "median image side"),    # small images: no crop past the image
         (64, 5.0, 64, "median image side"),
         (512, None, 256, "no objects"),
+        (None, None, 256, "image sizes unknown"),  # no image could be read
     ],
 )
 def test_crop_from_image_and_object_size(side, diameter, crop, why):
-    fp = fingerprint(height=(side, float(side), side), width=(side, float(side), 4000),
-                     object_diameter=diameter)
+    size = None if side is None else (side, float(side), 4000)
+    fp = fingerprint(height=size, width=size, object_diameter=diameter)
     choice = crop_size(fp)
     assert choice.value == crop and choice.value % 32 == 0 and why in choice.reason
 

@@ -109,6 +109,23 @@ def test_headers_only_skips_labels(tree: Path) -> None:
     s = summarize(tree, read_pixels=False)
     assert all(split.labels is None for split in s.splits)
     assert [p.name for p, _ in s.unreadable] == ["bad.tif"]
+    assert s.fingerprint is None and s.derived == {}
+
+
+def test_summary_holds_the_fingerprint_of_the_training_images(tree: Path) -> None:
+    """Tuning is the test set, so the fingerprint covers the five training images; bad.tif and
+    d (label of the wrong size) cannot be read, a, b and c are decoded."""
+    s = summarize(tree)
+    fp = s.fingerprint
+    assert (fp.images, fp.sampled, fp.objects, fp.objects_per_image) == (5, 3, 5, 2.0)
+    assert fp.channels == {"1": 3, "3": 1} and fp.colour_images == 0  # b.png is black RGB
+    assert fp.foreground_fraction == pytest.approx((12 / 120 + 0 + 9 / 36) / 3)
+    assert fp.touching_share == 0.0 and len(fp.unreadable) == 2
+    assert {k: c.value for k, c in s.derived.items()} == {
+        "filter": "all", "val": 2, "channels": 1, "crop": 32, "foreground_sampling": 0.0}
+    data = json.loads(json.dumps(s.to_dict()))
+    assert data["fingerprint"]["images"] == 5
+    assert data["derived"]["val"] == {"value": 2, "reason": s.derived["val"].reason}
 
 
 def _junma_copy(tmp_path: Path) -> Path:

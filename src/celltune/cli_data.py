@@ -65,10 +65,14 @@ def data_summary(
     root: Annotated[Path, Arg(help="Dataset root (Zenodo, older or bare layout).")],
     json_output: Annotated[bool, Opt("--json", help="Print JSON instead of tables.")] = False,
     pixels: Annotated[
-        bool, Opt(help="Decode label files for cells per image and foreground fraction.")
+        bool, Opt(help="Decode labels and images: label statistics, the fingerprint and the "
+                       "settings `celltune train` derives from it.")
     ] = True,
 ) -> None:
     """Count images per split, format, dtype, channels and size; what each filter keeps.
+
+    With pixels: the fingerprint of the training images (object size, colour, foreground,
+    touching objects) and the settings `celltune train` derives from it.
 
     Example:
 

@@ -115,7 +115,8 @@ def crop_size(fp: Fingerprint, user: int | None = None) -> Choice:
         return Choice(crop, f"{crop}: the largest crop ({objects})")
     if crop > CROP_DEFAULT:
         return Choice(crop, f"{crop}: {objects}, rounded up to 32")
-    return Choice(crop, f"{crop}: the default ({objects}; images {side:g} px)")
+    images = "image sizes unknown" if side is None else f"images {side:g} px"
+    return Choice(crop, f"{crop}: the default ({objects}; {images})")
 
 
 def foreground_sampling(fp: Fingerprint, user: float | None = None) -> Choice:

@@ -4,6 +4,10 @@ Image headers are read without decoding pixels (:func:`celltune.io.read_header`)
 summary of the full NeurIPS set is quick; label files are decoded for cell counts unless
 ``read_pixels=False``. A file that cannot be read is listed and the summary goes on.
 
+With pixels, the summary also holds the fingerprint of the images ``celltune train --data
+ROOT`` would train and validate on (every paired image, test images excluded, seed 0) and
+the settings training would derive from it.
+
 Example:
     >>> s = summarize("../shared/data/neurips_junma")          # doctest: +SKIP
     >>> s.splits[0].images, s.splits[0].filters["study"].kept  # doctest: +SKIP
@@ -20,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from celltune.data.neurips import FILTERS, Discovery, apply_filter, discover
+from celltune.config import DataConfig
+from celltune.data.derive import Choice, data_filter, derive_all
+from celltune.data.fingerprint import Fingerprint, compute_fingerprint
+from celltune.data.neurips import FILTERS, Discovery, apply_filter, discover, training_images
 from celltune.data.samples import Sample
 from celltune.errors import CelltuneError
 from celltune.io import ImageHeader, read_header, read_label
@@ -76,6 +83,8 @@ class DatasetSummary:
     unpaired_images: list[Path]
     unpaired_labels: list[Path]
     unreadable: list[tuple[Path, str]]
+    fingerprint: Fingerprint | None = None
+    derived: dict[str, Choice] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view (paths as strings, dict keys as strings)."""
@@ -86,6 +95,8 @@ class DatasetSummary:
             "unpaired_images": [str(p) for p in self.unpaired_images],
             "unpaired_labels": [str(p) for p in self.unpaired_labels],
             "unreadable": [{"path": str(p), "problem": why} for p, why in self.unreadable],
+            "fingerprint": None if self.fingerprint is None else self.fingerprint.to_dict(),
+            "derived": {k: {"value": c.value, "reason": c.reason} for k, c in self.derived.items()},
         }
 
 
@@ -124,6 +135,7 @@ def summarize(root: str | os.PathLike, *, read_pixels: bool = True) -> DatasetSu
         _summarize_split(role, found.folders[role], samples, read_pixels, unreadable)
         for role, samples in found.splits.items()
     ]
+    fingerprint = _training_fingerprint(found.root) if read_pixels else None
     return DatasetSummary(
         root=found.root,
         layout=found.layout,
@@ -131,7 +143,18 @@ def summarize(root: str | os.PathLike, *, read_pixels: bool = True) -> DatasetSu
         unpaired_images=found.unpaired_images,
         unpaired_labels=found.unpaired_labels,
         unreadable=unreadable,
+        fingerprint=fingerprint,
+        derived={} if fingerprint is None else derive_all(fingerprint),
     )
+
+
+def _training_fingerprint(root: Path) -> Fingerprint | None:
+    """Fingerprint of what ``celltune train --data root`` trains and validates on, if any."""
+    try:
+        images = training_images(DataConfig(root=root, filter=data_filter().value), seed=0)
+    except CelltuneError:
+        return None  # no training images: the tables above already say why
+    return compute_fingerprint(images)
 
 
 def _summarize_split(

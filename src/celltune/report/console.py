@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from celltune.data.fingerprint import Fingerprint
 from celltune.data.summary import DatasetSummary
 
 _CHANNEL_NAMES = {1: "gray", 3: "rgb", 4: "rgba"}
@@ -46,7 +47,8 @@ MODELS_NOTE = (
 
 
 def data_summary_tables(summary: DatasetSummary) -> list[RenderableType]:
-    """What ``celltune data summary`` prints, in order: overview, filters, labels, problems.
+    """What ``celltune data summary`` prints, in order: overview, filters, labels, the
+    fingerprint and the settings derived from it (when pixels were read), problems.
 
     The last item is the problems table, or a one-line :class:`~rich.text.Text` saying there
     are none.
@@ -56,6 +58,8 @@ def data_summary_tables(summary: DatasetSummary) -> list[RenderableType]:
         _filter_table(summary),
         _label_table(summary),
     ]
+    if summary.fingerprint is not None:
+        tables += [_fingerprint_table(summary.fingerprint), _derived_table(summary)]
     problems = _problem_table(summary)
     tables.append(problems if problems.row_count else Text(_NO_PROBLEMS))
     return tables
@@ -134,6 +138,65 @@ def _label_table(summary: DatasetSummary) -> Table:
             str(lab.cells_max),
             f"{lab.foreground_mean:.3f}",
         )
+    return table
+
+
+def _span_text(span: tuple[int, float, int] | None) -> str:
+    if span is None:
+        return "-"
+    return f"{span[0]}-{span[2]}, median {span[1]:g}" if span[0] != span[2] else str(span[0])
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _fingerprint_rows(fp: Fingerprint) -> list[tuple[str, str]]:
+    channels = {_CHANNEL_NAMES.get(int(c), f"{c}ch"): n for c, n in fp.channels.items()}
+    groups = "; ".join(fp.group_rules) if fp.group_rules else "every image alone"
+    rows = [
+        ("images", f"{fp.images} ({fp.sampled} decoded for pixels)"),
+        ("height", _span_text(fp.height)),
+        ("width", _span_text(fp.width)),
+        ("dtypes", ", ".join(f"{k} {v}" for k, v in fp.dtypes.items()) or "-"),
+        ("channels", ", ".join(f"{k} {v}" for k, v in channels.items()) or "-"),
+        ("colour", f"{fp.colour_images} of {fp.sampled} images"),
+        ("intensity p1/p50/p99.8", " / ".join(map(_number, fp.intensity.values())) or "-"),
+        ("objects", f"{fp.objects} ({_maybe(fp.objects_per_image, 'g')} per image, median)"),
+        ("object diameter", f"{_maybe(fp.object_diameter, '.1f')} px (median; area "
+                            f"{_maybe(fp.object_area, 'g')} px²)"),
+        ("foreground", _maybe(fp.foreground_fraction, ".3f")),
+        ("touching objects", _maybe(fp.touching_share, ".0%")),
+        ("groups", f"{fp.groups} ({groups})"),
+    ]
+    if fp.unreadable:
+        rows.append(("unreadable", str(len(fp.unreadable))))
+    return rows
+
+
+def _fingerprint_table(fp: Fingerprint) -> Table:
+    table = Table(
+        title="Fingerprint", title_justify="left", caption_justify="left",
+        caption="of the images `celltune train` trains and validates on (test images excluded)",
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("value")
+    for name, value in _fingerprint_rows(fp):
+        table.add_row(name, value)
+    return table
+
+
+def _derived_table(summary: DatasetSummary) -> Table:
+    table = Table(title="Settings `celltune train` derives (unless given)", title_justify="left")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("why")
+    for name, choice in summary.derived.items():
+        table.add_row(name, str(choice.value), choice.reason)
     return table
 
 
