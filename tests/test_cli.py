@@ -67,3 +67,11 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     text = (out.stdout + out.stderr).strip()
     assert text.startswith("error:") and "Traceback" not in text
     assert str(tmp_path / "bad") in text.replace("\n", "")
+
+
+def test_train_offers_the_derived_settings_as_options():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for option in ("--val", "--filter", "--channels", "--crop"):
+        assert option in result.output
+    assert "derived from the training images" in result.output
