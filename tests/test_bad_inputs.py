@@ -255,7 +255,7 @@ def test_empty_dataset_after_filter(dataset: Path) -> None:
     message = str(err.value)
     assert str(dataset) in message
     assert "training split is empty with filter 'study'" in message
-    assert "(study, all)" in message
+    assert "--filter all" in message  # the flag a user types, not a config key
 
 
 def test_empty_dataset_folder(tmp_path: Path) -> None:
