@@ -117,7 +117,8 @@ def test_data_summary_tables(tree: Path, width: int) -> None:
     assert max(len(line) for line in text.splitlines()) <= width
     # Foreground (12/120 + 0 + 9/36 + 1/16) / 4 over the four readable labels.
     for expected in ("Filters", "Labels", "Problems", "3/5", "rgb 1", "6-16", "1.5", "0.103",
-                     "Fingerprint", "object diameter", "derives", "foreground_sampling"):
+                     "Fingerprint", "object diameter", "derived from", "proposed",
+                     "foreground_sampling"):
         assert expected in text
     if width == 200:  # narrow terminals wrap the counts and shorten file names, as before
         for expected in ("gray 3", "bad.tif", "lonely.tif", "differs from its image"):

@@ -3,6 +3,7 @@ training (config.yaml records the values and reasons; a png folder trains withou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +122,15 @@ def test_foreground_sampling_when_objects_are_sparse(share, value):
 
 
 def test_derive_config_fills_only_what_was_not_given():
-    cfg = RunConfig.model_validate({"data": {"root": "/data", "val": 4, "crop": 128}})
-    assert unset_fields(cfg.data) == ("filter", "channels", "foreground_sampling")
+    cfg = RunConfig.model_validate({"data": {"root": "/data", "filter": "study", "crop": 128}})
+    assert unset_fields(cfg.data) == ("val",)
     fp = fingerprint(colour_images=40, foreground_fraction=0.05)
     derived, reasons = derive_config(cfg, fp)
-    assert (derived.data.val, derived.data.crop) == (4, 128)  # given values kept
-    assert (derived.data.filter, derived.data.channels) == ("all", 3)
-    assert derived.data.foreground_sampling == 0.5
-    assert set(reasons) == {"data.filter", "data.channels", "data.foreground_sampling"}
+    assert (derived.data.filter, derived.data.crop) == ("study", 128)  # given values kept
+    assert derived.data.val == 6
+    # Recipe proposals are not applied before their benchmark: the defaults stay.
+    assert (derived.data.channels, derived.data.foreground_sampling) == (1, 0.0)
+    assert set(reasons) == {"data.val"}
     assert derived.derived == reasons and unset_fields(derived.data) == ()
     # Derived values count as set: deriving again changes nothing.
     assert derive_config(derived, fingerprint()) == (derived, {})
@@ -149,7 +151,7 @@ def test_a_yaml_leaves_unset_what_it_does_not_mention(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"data": {"crop": 128}, "train": {"epochs": 2}}))
     cfg = run_config_with_overrides(path, {"data.val": 0.2, "data.filter": None})
-    assert unset_fields(cfg.data) == ("filter", "channels", "foreground_sampling")
+    assert unset_fields(cfg.data) == ("filter",)
     assert (cfg.data.crop, cfg.data.val, cfg.train.epochs) == (128, 0.2, 2)
 
 
@@ -194,9 +196,8 @@ def test_a_png_folder_trains_without_filter_and_config_records_why(tmp_path):
     assert result.splits.counts() == {"train": 9, "val": 2, "test": 1}
     saved = yaml.safe_load(RunDir(tmp_path / "run").config_path.read_text())
     assert saved["data"]["filter"] == "all" and saved["data"]["val"] == 2
-    assert saved["data"]["channels"] == 1 and saved["data"]["crop"] == 64
-    assert set(saved["derived"]) == {"data.filter", "data.val", "data.channels", "data.crop",
-                                     "data.foreground_sampling"}
+    assert saved["data"]["channels"] == 1 and saved["data"]["crop"] == 256
+    assert set(saved["derived"]) == {"data.filter", "data.val"}
     assert saved["derived"]["data.val"].startswith("2 of 11 images")
     assert RunDir(tmp_path / "run").fingerprint_path.is_file()
     assert RunDir(tmp_path / "run").read_config() == result.config
@@ -225,14 +226,18 @@ def test_a_given_split_fixes_the_validation_count(tmp_path):
     assert cfg.data.val == 3 and "split given" in cfg.derived["data.val"]
 
 
-def test_a_colour_set_trains_on_three_channels(tmp_path):
+def test_a_colour_set_is_proposed_three_channels_but_trains_as_before(tmp_path):
     write_dataset(tmp_path / "d", n=6, size=64, seed=0, png_fraction=0.0)
     rng = np.random.default_rng(0)
     for image in (tmp_path / "d" / "images").glob("*.tif"):
         write_png(image.with_suffix(".png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
         image.unlink()
-    cfg = derive_settings(tiny(tmp_path / "d"), RunDir(tmp_path / "run"))
-    assert cfg.data.channels == 3 and cfg.derived["data.channels"].startswith("3 (RGB)")
+    run = RunDir(tmp_path / "run")
+    cfg = derive_settings(tiny(tmp_path / "d"), run)
+    assert cfg.data.channels == 1 and "data.channels" not in cfg.derived
+    saved = json.loads(run.fingerprint_path.read_text())["fingerprint"]
+    proposal = derive_all(Fingerprint.from_dict(saved))
+    assert proposal["channels"].value == 3 and proposal["channels"].reason.startswith("3 (RGB)")
 
 
 def test_cli_val_flag_and_derived_settings(tmp_path):

@@ -4,6 +4,14 @@ Every rule is a pure function of a :class:`~celltune.data.fingerprint.Fingerprin
 user's value, which always wins). :func:`derive_config` fills the data settings a run config
 left unset and records why in its ``derived`` section, which is saved in the run's config.
 
+Two kinds of rule. :data:`DERIVED_FIELDS` (the filter and the validation count) decide which
+images a run trains and validates on; training applies them. :data:`PROPOSED_FIELDS` (input
+channels, crop side, foreground sampling) change the recipe itself; by the benchmark protocol
+(BENCHMARKS.md) a recipe default changes only on development-set evidence, which has not been
+measured for these yet, so ``celltune data summary`` shows what they would choose and
+training leaves them at their defaults until ``celltune bench`` on the development sets
+confirms each one.
+
 "Unset" means not given: not in the YAML file, not on the command line, not in the mapping
 the config was validated from (pydantic's ``model_fields_set``). A config read back from a
 run folder has every value set, so a resumed run derives nothing again.
@@ -31,8 +39,11 @@ VAL_SHARE, VAL_MIN, VAL_MAX = 0.15, 2, 20
 CROP_DEFAULT, CROP_MIN, CROP_MAX, CROP_DIAMETERS = 256, 128, 512, 4
 #: Objects covering less than this share of the pixels are sparse: crops are aimed at them.
 SPARSE_FOREGROUND, FOREGROUND_SAMPLING = 0.1, 0.5
-#: Data settings that are derived when unset, in the order they are derived.
-DERIVED_FIELDS = ("filter", "val", "channels", "crop", "foreground_sampling")
+#: Data settings that training derives when unset, in the order they are derived.
+DERIVED_FIELDS = ("filter", "val")
+#: Recipe settings the rules propose (shown by `celltune data summary`) but training does not
+#: apply yet: each waits for its development-set benchmark.
+PROPOSED_FIELDS = ("channels", "crop", "foreground_sampling")
 _GIVEN = "given"
 
 
@@ -147,7 +158,7 @@ def unset_fields(data: DataConfig) -> tuple[str, ...]:
 
 
 def derive_all(fp: Fingerprint) -> dict[str, Choice]:
-    """Every rule's choice for ``fp`` (what a run that sets none of them would use)."""
+    """Every rule's choice for ``fp``: the applied ones and the proposals."""
     return {name: rule(fp) for name, rule in RULES.items()}
 
 

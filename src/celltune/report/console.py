@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from celltune.data.derive import DERIVED_FIELDS
 from celltune.data.fingerprint import Fingerprint
 from celltune.data.summary import DatasetSummary
 
@@ -191,12 +192,15 @@ def _fingerprint_table(fp: Fingerprint) -> Table:
 
 
 def _derived_table(summary: DatasetSummary) -> Table:
-    table = Table(title="Settings `celltune train` derives (unless given)", title_justify="left")
+    table = Table(title="Settings derived from the data (a value you give always wins)",
+                  title_justify="left")
     table.add_column("setting", no_wrap=True)
     table.add_column("value", no_wrap=True)
+    table.add_column("train")
     table.add_column("why")
     for name, choice in summary.derived.items():
-        table.add_row(name, str(choice.value), choice.reason)
+        use = "applied" if name in DERIVED_FIELDS else "proposed; not applied until benchmarked"
+        table.add_row(name, str(choice.value), use, choice.reason)
     return table
 
 
