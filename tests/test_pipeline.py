@@ -211,9 +211,9 @@ def test_large_validation_images_are_tiled_with_the_same_dice():
 
 @pytest.mark.slow
 def test_compiled_training_leaves_a_checkpoint_that_loads_uncompiled(synth_root, tmp_path):
-    from celltune.cli import _train_overrides
+    from celltune.config import run_config_with_overrides
 
-    assert _train_overrides(compile_model=True) == {"train": {"compile": True}}
+    assert run_config_with_overrides(None, {"train.compile": True}).train.compile is True
     result = run_pipeline(tiny_config(synth_root, epochs=1, compile=True), tmp_path / "c",
                           progress=False)
     state = torch.load(result.run_dir / "checkpoints/best.ckpt", map_location="cpu",
