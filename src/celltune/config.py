@@ -191,18 +191,19 @@ class StudyConfig(_Section):
     def run_config(self, row: StudyRow) -> RunConfig:
         """The defaults with ``row``'s overrides applied, validated."""
         base = self.defaults.model_dump(mode="json")
-        merged = _deep_merge(
+        merged = deep_merge(
             base,
             {"name": row.name, "model": row.model, "train": row.train, "data": row.data},
         )
         return _validate(RunConfig, merged, f"study row {row.name!r}")
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` on top; nested mappings are merged key by key."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -312,7 +313,7 @@ def run_config_with_overrides(
     base = {}
     if path is not None:
         base = load_run_config(path).model_dump(mode="json", exclude_unset=True)
-    merged = _deep_merge(base, nest(overrides))
+    merged = deep_merge(base, nest(overrides))
     if default_name is not None and merged.get("name") in (None, "run"):
         merged["name"] = default_name
     return run_config_from_dict(merged, str(path or "command line"))

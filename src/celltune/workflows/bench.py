@@ -46,7 +46,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from celltune.config import RunConfig, ThresholdConfig
+from celltune.config import RunConfig, ThresholdConfig, deep_merge
 from celltune.data.samples import Sample, Splits
 from celltune.errors import ConfigError
 from celltune.evaluation.metrics import confusion, dice, instance_scores, iou
@@ -84,14 +84,6 @@ def _semantic(predictor: Any, thresholds: dict[str, float]) -> Segment:
     return segment
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both else value
-    return out
-
-
 def train_celltune(job: Job) -> Trained:
     """celltune's default recipe; the run folder is ``job.work`` (test split left empty)."""
     s = job.settings
@@ -103,7 +95,7 @@ def train_celltune(job: Job) -> Trained:
         "train": {"max_time": s.minutes, "seed": job.seed, "batch_size": s.batch_size},
         "eval": {"bootstrap": 0},
     }
-    cfg = RunConfig.model_validate(_merge(config, s.celltune))
+    cfg = RunConfig.model_validate(deep_merge(config, s.celltune))
     splits = Splits(train=list(job.train), val=list(job.val), test=[])
     result = run_pipeline(cfg, job.work, overwrite=True, progress=False, evaluate_split=None,
                           splits=splits)
