@@ -86,8 +86,16 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """The training recipe."""
 
-    epochs: int = Field(40, ge=1)
-    max_time: float | None = Field(None, gt=0, description="wall-clock budget in minutes")
+    epochs: int | None = Field(
+        None, ge=1,
+        description="epochs; unset = until max_time is used, or derived from the number of "
+        "training images when no max_time is given (celltune.data.derive.training_epochs)",
+    )
+    max_time: float | None = Field(
+        None, gt=0,
+        description="wall-clock budget in minutes: training runs until it is used, the "
+        "learning rate annealed to its end (a cap only when epochs is given too)",
+    )
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

@@ -45,6 +45,8 @@ DERIVED_FIELDS = ("filter", "val")
 #: apply yet: each waits for its development-set benchmark.
 PROPOSED_FIELDS = ("channels", "crop", "foreground_sampling")
 _GIVEN = "given"
+#: Training length without a time budget: this many epochs, and at least this many crops.
+EPOCHS_DEFAULT, MIN_TRAINING_CROPS = 40, 2000
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,40 @@ RULES: dict[str, Callable[[Fingerprint], Choice]] = {
     "crop": crop_size,
     "foreground_sampling": foreground_sampling,
 }
+
+
+def training_epochs(n_train: int, samples_per_epoch: int | None, max_time: float | None,
+                    user: int | None = None) -> Choice:
+    """Epochs: none with a time budget (it decides), else enough for 2000 training crops.
+
+    An epoch draws ``samples_per_epoch`` crops (default: one per training image), so a fixed
+    epoch count would give a 20-image set 40 x 20 = 800 crops (100 steps of 8) and a
+    500-image set 25 times more. At least 40 epochs, and as many more as a small set needs
+    to see 2000 crops.
+    """
+    if user is not None:
+        return Choice(user, _GIVEN)
+    if max_time is not None:
+        return Choice(None, f"none: trains until the {max_time:g}-minute budget is used, "
+                            "the learning rate annealed to its end")
+    per_epoch = max(1, samples_per_epoch or n_train)
+    epochs = max(EPOCHS_DEFAULT, math.ceil(MIN_TRAINING_CROPS / per_epoch))
+    if epochs == EPOCHS_DEFAULT:
+        return Choice(epochs, f"{epochs}: {epochs} x {per_epoch} crops per epoch already exceed "
+                              f"{MIN_TRAINING_CROPS}")
+    return Choice(epochs, f"{epochs}: at least {MIN_TRAINING_CROPS} training crops at "
+                          f"{per_epoch} per epoch ({n_train} training images)")
+
+
+def derive_training(config: RunConfig, n_train: int) -> tuple[RunConfig, dict[str, str]]:
+    """``config`` with ``train.epochs`` derived when unset, and the reason recorded."""
+    if "epochs" in config.train.model_fields_set:
+        return config, {}
+    choice = training_epochs(n_train, config.data.samples_per_epoch, config.train.max_time)
+    reasons = {"train.epochs": choice.reason}
+    train = config.train.model_copy(update={"epochs": choice.value})  # now marked as set
+    return config.model_copy(update={"train": train,
+                                     "derived": {**config.derived, **reasons}}), reasons
 
 
 def unset_fields(data: DataConfig) -> tuple[str, ...]:

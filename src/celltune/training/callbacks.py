@@ -17,14 +17,31 @@ from celltune.rundir import RunDir
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
 
-class MetricsCSV(L.Callback):
-    """Writes ``metrics.csv`` after every validation, one row per epoch.
+class ValidationSeen(L.Callback):
+    """Knows whether the current epoch was validated (Lightning validates before the epoch's
+    ``on_train_epoch_end``), so an epoch that was not never shows the last epoch's values."""
+
+    def __init__(self) -> None:
+        self._validated_epoch: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
+    def validated(self, trainer: L.Trainer) -> bool:
+        return self._validated_epoch == trainer.current_epoch
+
+
+class MetricsCSV(ValidationSeen):
+    """Writes ``metrics.csv`` after every epoch, one row per epoch (val columns NaN when the
+    epoch was not validated).
 
     The history is part of the callback's checkpoint state, so a resumed run rewrites the
     file with exactly the rows of the epochs it restored, never duplicates.
     """
 
     def __init__(self, run: RunDir) -> None:
+        super().__init__()
         self.run = run
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = time.monotonic()
@@ -37,8 +54,7 @@ class MetricsCSV(L.Callback):
             return
         m = trainer.callback_metrics
         opt = trainer.optimizers[0] if trainer.optimizers else None
-        every = trainer.check_val_every_n_epoch or 1
-        validated = (trainer.current_epoch + 1) % every == 0
+        validated = self.validated(trainer)
         row = {
             "epoch": trainer.current_epoch,
             "train_loss": _num(m.get("train_loss_epoch", m.get("train_loss"))),
@@ -78,11 +94,17 @@ class StepBar(TQDMProgressBar):
         return bar
 
 
-class EpochLine(L.Callback):
-    """One line per epoch for logs and CI, where a redrawn progress bar would spam."""
+class EpochLine(ValidationSeen):
+    """One line per epoch for logs and CI, where a redrawn progress bar would spam.
 
-    def __init__(self, name: str) -> None:
+    Validation numbers appear only in the epoch that measured them; with a time budget the
+    line says how much of it is used.
+    """
+
+    def __init__(self, name: str, budget: Any = None) -> None:
+        super().__init__()
         self.name = name
+        self.budget = budget
         self._start = time.monotonic()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -91,14 +113,20 @@ class EpochLine(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        print(self.line(trainer), flush=True)
+
+    def line(self, trainer: L.Trainer) -> str:
         m = trainer.callback_metrics
-        parts = [f"{self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        for key, label in (("train_loss_epoch", "loss"), ("val_loss", "val_loss"),
-                           ("val_dice", "val_dice")):
-            if key in m:
-                parts.append(f"{label} {_num(m[key]):.4f}")
+        epochs = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs}"
+        parts = [f"{self.name} epoch {trainer.current_epoch + 1}{epochs}"]
+        keys = [("train_loss_epoch", "loss")]
+        if self.validated(trainer):
+            keys += [("val_loss", "val_loss"), ("val_dice", "val_dice")]
+        parts += [f"{label} {_num(m[key]):.4f}" for key, label in keys if key in m]
         parts.append(f"{time.monotonic() - self._start:.1f}s")
-        print("  ".join(parts), flush=True)
+        if self.budget is not None:
+            parts.append(f"budget {min(self.budget.used_fraction(), 9.99):.0%} used")
+        return "  ".join(parts)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

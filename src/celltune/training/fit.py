@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from celltune import __version__
 from celltune.config import RunConfig
 from celltune.data.augment import AUGMENTATIONS
 from celltune.data.dataset import CropDataset, WholeImageDataset, collate_whole
-from celltune.data.derive import data_filter, derive_config, unset_fields
+from celltune.data.derive import data_filter, derive_config, derive_training, unset_fields
 from celltune.data.fingerprint import fingerprint_for
 from celltune.data.neurips import FILTERS, make_splits, training_images
 from celltune.data.samples import Splits
@@ -38,6 +39,7 @@ from celltune.data.synthetic import ensure_dataset
 from celltune.errors import DataError, RunError
 from celltune.models import MODELS
 from celltune.rundir import RunDir
+from celltune.training.budget import TimeBudget
 from celltune.training.callbacks import AtomicCheckpointIO, EpochLine, MetricsCSV, StepBar
 from celltune.training.distributed import is_worker, steps_per_process
 from celltune.training.losses import LOSSES
@@ -217,6 +219,7 @@ def fit(
     ``metrics.csv``. With ``resume`` the run continues from ``last.ckpt`` with the saved config.
     ``splits`` fixes the train/val/test images instead of drawing them from the data root.
     """
+    started = time.monotonic()  # a time budget counts image loading too
     check_names(config)
     run, config, splits = _prepare(config, out, resume=resume, overwrite=overwrite,
                                    splits=splits)
@@ -234,7 +237,7 @@ def fit(
     val_every = resolve_val_every(config, train_dl.dataset, val_dl.dataset)
     with quiet_lightning():
         trainer = build_trainer(config, run, progress=progress, steps=max(1, len(train_dl)),
-                                val_every=val_every)
+                                val_every=val_every, started=started)
         steps = steps_per_process(
             len(train_dl.sampler), train_dl.batch_size, train_dl.drop_last, trainer.world_size
         )
@@ -267,12 +270,13 @@ def _prepare(
     if resume and run.is_run():
         config = run.read_config()
     config = derive_settings(resolve_data(config, run), run, splits)
-    if not worker:
-        run.write_config(config, provenance())
     if splits is not None and not worker and not run.splits_path.is_file():
         run.write_splits(splits)
     splits = load_or_make_splits(config, run)
     _check_splits(splits, config)
+    config = derive_training(config, len(splits.train))[0]
+    if not worker:
+        run.write_config(config, provenance())
     return run, config, splits
 
 
@@ -327,9 +331,20 @@ def validate_final(trainer: Any, module: Any, val_dl: Any, run: RunDir) -> None:
 
 
 def build_trainer(
-    config: RunConfig, run: RunDir, *, progress: bool, steps: int, val_every: int = 1
+    config: RunConfig, run: RunDir, *, progress: bool, steps: int, val_every: int = 1,
+    started: float | None = None,
 ) -> Any:
+    """The Lightning trainer with celltune's callbacks.
+
+    With ``train.max_time`` a :class:`TimeBudget` (clock from ``started``) decides the
+    length, the schedule's end and, for ``val_every: auto``, when to validate; ``epochs``
+    then only caps.
+    """
     t = config.train
+    budget = None
+    if t.max_time:
+        budget = TimeBudget(t.max_time, started=started, epoch_cap=t.epochs,
+                            space_validations=t.val_every == "auto")
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=run.checkpoints_dir, filename="best", monitor="val_dice", mode="max",
@@ -344,22 +359,23 @@ def build_trainer(
         ),
         MetricsCSV(run),
     ]
+    if budget is not None:
+        callbacks.append(budget)
     if t.patience:
         callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=t.patience))
     interactive = progress and sys.stderr.isatty()
     if interactive:
         callbacks.append(StepBar())
     elif progress:
-        callbacks.append(EpochLine(config.name))
+        callbacks.append(EpochLine(config.name, budget))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=auto_precision(t.accelerator, t.precision),
-        max_epochs=t.epochs,
+        max_epochs=t.epochs or -1,
         check_val_every_n_epoch=val_every,
-        max_time={"minutes": t.max_time} if t.max_time else None,
         gradient_clip_val=t.grad_clip,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],

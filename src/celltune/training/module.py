@@ -8,7 +8,6 @@ checkpoint alone is enough to rebuild the network
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -20,6 +19,9 @@ from celltune.evaluation.metrics import Counts, dice
 from celltune.inference.tiling import predict_tiled
 from celltune.models.build import build_network, foreground_probability
 from celltune.training.losses import build_loss
+
+#: Epochs when neither the config nor a time budget says (a bare module, as in tests).
+DEFAULT_EPOCHS = 40
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -52,7 +54,8 @@ class SegmentationModule(L.LightningModule):
         # Validation images with more pixels than (2 * val_tile)² are predicted in tiles.
         self.val_tile = int(val_tile)
         self._val_dice: list[float] = []
-        self._fit_started: float | None = None
+        # Set by celltune.training.budget.TimeBudget when a time budget decides the length.
+        self.planned_steps: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -81,9 +84,6 @@ class SegmentationModule(L.LightningModule):
             # for fit: setup runs again for the final validation, and compiling anew would
             # throw away the compiled graphs.
             self.net.compile()
-
-    def on_fit_start(self) -> None:
-        self._fit_started = time.monotonic()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(self._prepare(batch["image"]))
@@ -144,16 +144,16 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _lr_lambda(self, step: int) -> float:
-        cfg = self.train_cfg
-        total = cfg.epochs * self.steps_per_epoch
-        progress = step / max(total, 1)
-        if cfg.max_time and self._fit_started is not None:
-            # With a time budget the schedule follows whichever runs out first, so the
-            # learning rate is annealed by the time the budget ends.
-            elapsed = (time.monotonic() - self._fit_started) / 60.0
-            progress = max(progress, elapsed / cfg.max_time)
-        warmup = cfg.warmup_epochs / max(cfg.epochs, 1)
-        return lr_factor(progress, min(warmup, 0.5))
+        total = self.total_steps()
+        warmup = self.train_cfg.warmup_epochs * self.steps_per_epoch / total
+        return lr_factor(step / total, min(warmup, 0.5))
+
+    def total_steps(self) -> int:
+        """The step the schedule anneals to: the time budget's plan, else the epochs'."""
+        if self.planned_steps is not None:
+            return max(1, int(self.planned_steps))
+        epochs = self.train_cfg.epochs or DEFAULT_EPOCHS
+        return max(1, epochs * self.steps_per_epoch)
 
 
 def _truth(target: torch.Tensor) -> torch.Tensor:
