@@ -15,7 +15,8 @@ from celltune.workflows import bench
 from celltune.workflows.bench import BenchSettings, Trained, render_markdown, run_benchmark
 from celltune.workflows.bench_split import group_of, make_split, prepare_split
 
-TINY = BenchSettings(tiny=True, crop=64, batch_size=4, cellpose={"bsize": 64})
+TINY = BenchSettings(tiny=True, crop=64, batch_size=4, cellpose={"bsize": 64},
+                     celltune={"data": {"crop": 64}, "train": {"batch_size": 4}})
 MINUTES = 0.02
 
 

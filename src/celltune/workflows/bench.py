@@ -85,14 +85,17 @@ def _semantic(predictor: Any, thresholds: dict[str, float]) -> Segment:
 
 
 def train_celltune(job: Job) -> Trained:
-    """celltune's default recipe; the run folder is ``job.work`` (test split left empty)."""
+    """celltune's default recipe as a user runs it; the run folder is ``job.work`` (test split
+    left empty)."""
     s = job.settings
+    # What a user types: the folder, the split, the budget, a seed. Channels, crop, batch
+    # size and the rest are celltune's own defaults and derivations, not the shared settings
+    # the hand-written loop uses.
     config = {
         "name": f"celltune-seed{job.seed}",
-        "data": {"root": str(job.data_root), "filter": "all", "channels": s.channels,
-                 "crop": s.crop},
+        "data": {"root": str(job.data_root)},
         "model": {"options": {"tiny": True}} if s.tiny else {},
-        "train": {"max_time": s.minutes, "seed": job.seed, "batch_size": s.batch_size},
+        "train": {"max_time": s.minutes, "seed": job.seed},
         "eval": {"bootstrap": 0},
     }
     cfg = RunConfig.model_validate(deep_merge(config, s.celltune))

@@ -17,7 +17,9 @@ Segment = Callable[[np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What every training shares. ``tiny`` swaps in tiny networks (tests only)."""
+    """What the trainings share. ``channels``, ``crop`` and ``batch_size`` are the plain loop's
+    and Cellpose's; celltune's recipe decides its own (overridable by ``celltune``).
+    ``tiny`` swaps in tiny networks (tests only)."""
 
     minutes: float = 6.0
     channels: int = 1
