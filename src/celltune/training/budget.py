@@ -89,8 +89,12 @@ class TimeBudget(L.Callback):
     """
 
     def __init__(self, minutes: float, *, started: float | None = None,
-                 epoch_cap: int | None = None, space_validations: bool = True) -> None:
+                 epoch_cap: int | None = None, space_validations: bool = True,
+                 validation_steps: float = 0.0) -> None:
         self.budget = 60.0 * minutes
+        # A validation's predicted cost in training steps, until one has been timed.
+        self.validation_steps = validation_steps
+        self._per_step: float | None = None
         self.started = time.monotonic() if started is None else started
         self.epoch_cap = epoch_cap
         self.space_validations = space_validations
@@ -130,10 +134,11 @@ class TimeBudget(L.Callback):
             self.state.first_step_at = elapsed
         planned = pl_module.planned_steps
         if self.state.first_step_at is not None and steps >= MIN_TIMED_STEPS:
+            self._per_step = (elapsed - self.state.first_step_at) / (steps - 1)
+            reserve = self.validation_seconds() if self.validates() else 0.0
             planned = plan_steps(steps, elapsed, self.state.first_step_at, self.budget,
-                                 self.state.last_validation_seconds or 0.0, self._cap(trainer))
-            per_step = (elapsed - self.state.first_step_at) / (steps - 1)
-            self._horizon = min(self.budget, elapsed + (planned - steps) * per_step)
+                                 reserve, self._cap(trainer))
+            self._horizon = min(self.budget, elapsed + (planned - steps) * self._per_step)
         if elapsed >= self.budget:
             planned = steps
         planned = int(trainer.strategy.broadcast(planned, src=0))
@@ -150,7 +155,8 @@ class TimeBudget(L.Callback):
             return
         # Due when, by this epoch's end, a validation gap will have passed since the last one.
         since = now + self._epoch_seconds - self.state.last_validation_end
-        due = since >= validation_gap(self._horizon, self.state.last_validation_seconds)
+        due = self._per_step is not None and self.validates() and (
+            since >= validation_gap(self._horizon, self.validation_seconds()))
         due = bool(trainer.strategy.broadcast(due, src=0))
         # Lightning validates after epoch e when (e + 1) % check_val_every_n_epoch == 0.
         trainer.check_val_every_n_epoch = 1 if due else trainer.current_epoch + 2
@@ -165,6 +171,23 @@ class TimeBudget(L.Callback):
         self.state.last_validation_seconds = time.monotonic() - self._validation_start
         self.state.last_validation_end = self.elapsed()
         self._validation_start = None
+
+    def validation_seconds(self) -> float:
+        """The last validation's duration, or its prediction from the step cost."""
+        if self.state.last_validation_seconds is not None:
+            return self.state.last_validation_seconds
+        return self.validation_steps * (self._per_step or 0.0)
+
+    def validates(self) -> bool:
+        """Whether validation is affordable: two of them fit in a fifth of the time.
+
+        When it is not (large images on a slow machine), the run does not validate: with
+        the schedule annealed to the budget's end the final weights become the best
+        checkpoint, and the threshold sweep after training scores them on validation.
+        """
+        if not self.space_validations:
+            return True
+        return 2 * self.validation_seconds() <= VALIDATION_TIME_SHARE * self._horizon
 
     def _cap(self, trainer: L.Trainer) -> int | None:
         if self.epoch_cap is None:

@@ -237,7 +237,8 @@ def fit(
     val_every = resolve_val_every(config, train_dl.dataset, val_dl.dataset)
     with quiet_lightning():
         trainer = build_trainer(config, run, progress=progress, steps=max(1, len(train_dl)),
-                                val_every=val_every, started=started)
+                                val_every=val_every, started=started,
+                                val_cost=validation_cost(config, val_dl.dataset))
         steps = steps_per_process(
             len(train_dl.sampler), train_dl.batch_size, train_dl.drop_last, trainer.world_size
         )
@@ -299,7 +300,7 @@ def resolve_val_every(config: RunConfig, train_ds: Any, val_ds: Any) -> int:
     A training step costs about three forward passes (forward and backward) per crop pixel,
     validation one forward pass per image pixel, so the ratio of pixel counts decides. The
     result depends only on the data and the config, never on timing, so runs stay
-    reproducible.
+    reproducible. (With a time budget, :class:`TimeBudget` spaces validations in time.)
     """
     every = config.train.val_every
     if every != "auto":
@@ -307,6 +308,20 @@ def resolve_val_every(config: RunConfig, train_ds: Any, val_ds: Any) -> int:
     val_pixels = sum(math.prod(val_ds.load(i)[0].shape[:2]) for i in range(len(val_ds)))
     train_pixels = 3 * len(train_ds) * config.data.crop**2
     return max(1, math.ceil(val_pixels / (VALIDATION_SHARE * max(train_pixels, 1))))
+
+
+def validation_cost(config: RunConfig, val_ds: Any) -> float:
+    """One validation's predicted cost in training steps, from pixel counts.
+
+    A step is about three forward passes over ``batch_size`` crops; validation one forward
+    pass per image pixel, more for images large enough to be tiled (tiles overlap).
+    """
+    tile, overlap = config.eval.tile, config.eval.overlap
+    pixels = 0.0
+    for i in range(len(val_ds)):
+        area = math.prod(val_ds.load(i)[0].shape[:2])
+        pixels += area / (1.0 - overlap) ** 2 if area > (2 * tile) ** 2 else area
+    return pixels / (3 * config.train.batch_size * config.data.crop**2)
 
 
 def validate_final(trainer: Any, module: Any, val_dl: Any, run: RunDir) -> None:
@@ -317,6 +332,11 @@ def validate_final(trainer: Any, module: Any, val_dl: Any, run: RunDir) -> None:
     """
     metrics = next((c for c in trainer.callbacks if isinstance(c, MetricsCSV)), None)
     if metrics is None or not metrics.rows or not math.isnan(metrics.rows[-1]["val_dice"]):
+        return
+    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+    if budget is not None and not budget.validates():
+        # Validation does not fit the budget: the annealed final weights are the checkpoint.
+        trainer.save_checkpoint(run.checkpoint("best"))
         return
     best_cb = trainer.checkpoint_callback
     result = trainer.validate(module, val_dl, verbose=False)[0]
@@ -332,19 +352,19 @@ def validate_final(trainer: Any, module: Any, val_dl: Any, run: RunDir) -> None:
 
 def build_trainer(
     config: RunConfig, run: RunDir, *, progress: bool, steps: int, val_every: int = 1,
-    started: float | None = None,
+    started: float | None = None, val_cost: float = 0.0,
 ) -> Any:
     """The Lightning trainer with celltune's callbacks.
 
     With ``train.max_time`` a :class:`TimeBudget` (clock from ``started``) decides the
-    length, the schedule's end and, for ``val_every: auto``, when to validate; ``epochs``
-    then only caps.
+    length, the schedule's end and, for ``val_every: auto``, when to validate (``val_cost``:
+    a validation's predicted cost in training steps); ``epochs`` then only caps.
     """
     t = config.train
     budget = None
     if t.max_time:
         budget = TimeBudget(t.max_time, started=started, epoch_cap=t.epochs,
-                            space_validations=t.val_every == "auto")
+                            space_validations=t.val_every == "auto", validation_steps=val_cost)
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=run.checkpoints_dir, filename="best", monitor="val_dice", mode="max",
