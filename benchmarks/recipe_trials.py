@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-#: Each variant: overrides of the celltune recipe's RunConfig, and whether the data settings
-#: that are only proposed today (channels, crop, foreground sampling) are derived too.
+#: Each variant: overrides of the celltune recipe's RunConfig, and which of the data settings
+#: that are only proposed today (celltune.data.derive.PROPOSED_FIELDS) training derives too.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"overrides": {}},
     "batch4": {"overrides": {"train": {"batch_size": 4}}},
-    "derived": {"overrides": {}, "derive_proposed": True},
+    "derived": {"overrides": {}, "derive": ("channels", "crop", "foreground_sampling")},
+    "rescale": {"overrides": {}, "derive": ("resize",)},
     "lr2e-3": {"overrides": {"train": {"lr": 2e-3}}},
 }
 
@@ -42,9 +43,9 @@ def train(args: argparse.Namespace) -> None:
     from celltune.workflows.bench_split import prepare_split
 
     spec = VARIANTS[args.variant]
-    if spec.get("derive_proposed"):
-        # The trial of the proposed rules: training derives them like the applied ones.
-        derive.DERIVED_FIELDS = (*derive.DERIVED_FIELDS, *derive.PROPOSED_FIELDS)
+    if spec.get("derive"):
+        # The trial of proposed rules: training derives them like the applied ones.
+        derive.DERIVED_FIELDS = (*derive.DERIVED_FIELDS, *spec["derive"])
     out = Path(args.out) / args.variant
     root = Path(args.data).expanduser().resolve()
     splits, _ = prepare_split(root, out, split_file=args.split)

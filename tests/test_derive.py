@@ -28,6 +28,8 @@ from celltune.data.derive import (
     derive_config,
     foreground_sampling,
     input_channels,
+    rescale,
+    training_epochs,
     unset_fields,
     validation_count,
 )
@@ -118,6 +120,29 @@ def test_foreground_sampling_when_objects_are_sparse(share, value):
     assert foreground_sampling(fingerprint(foreground_fraction=None)).value == 0.0
 
 
+@pytest.mark.parametrize(("diameter", "factor"),
+                         [(94.2, 0.34), (96.0, 0.333), (48.0, None), (24.0, None), (None, None)])
+def test_large_objects_are_shrunk_to_32_px_never_enlarged(diameter, factor):
+    choice = rescale(fingerprint(object_diameter=diameter))
+    assert choice.value == factor
+    if factor is not None:
+        assert diameter * factor == pytest.approx(32, abs=0.1)
+    assert rescale(fingerprint(), user=0.5).value == 0.5
+
+
+@pytest.mark.parametrize(("n_train", "per_epoch", "epochs"),
+                         [(20, None, 100), (34, None, 59), (50, None, 40), (471, None, 40),
+                          (20, 200, 40), (1, None, 2000)])
+def test_epochs_see_at_least_2000_crops_and_at_least_40_epochs(n_train, per_epoch, epochs):
+    assert training_epochs(n_train, per_epoch, max_time=None).value == epochs
+
+
+def test_a_time_budget_leaves_epochs_unset_and_a_users_epochs_win():
+    budget = training_epochs(20, None, max_time=12.0)
+    assert budget.value is None and "12-minute budget" in budget.reason
+    assert training_epochs(20, None, max_time=12.0, user=5).value == 5
+
+
 # --- derive_config ----------------------------------------------------------------------------
 
 
@@ -135,7 +160,8 @@ def test_derive_config_fills_only_what_was_not_given():
     # Derived values count as set: deriving again changes nothing.
     assert derive_config(derived, fingerprint()) == (derived, {})
     assert {k: c.value for k, c in derive_all(fp).items()} == {
-        "filter": "all", "val": 6, "channels": 3, "crop": 256, "foreground_sampling": 0.5}
+        "filter": "all", "val": 6, "channels": 3, "crop": 256, "foreground_sampling": 0.5,
+        "resize": None}
 
 
 def test_configs_that_set_everything_are_unchanged():

@@ -122,7 +122,8 @@ def test_summary_holds_the_fingerprint_of_the_training_images(tree: Path) -> Non
     assert fp.foreground_fraction == pytest.approx((12 / 120 + 0 + 9 / 36) / 3)
     assert fp.touching_share == 0.0 and len(fp.unreadable) == 2
     assert {k: c.value for k, c in s.derived.items()} == {
-        "filter": "all", "val": 2, "channels": 1, "crop": 32, "foreground_sampling": 0.0}
+        "filter": "all", "val": 2, "channels": 1, "crop": 32, "foreground_sampling": 0.0,
+        "resize": None}
     data = json.loads(json.dumps(s.to_dict()))
     assert data["fingerprint"]["images"] == 5
     assert data["derived"]["val"] == {"value": 2, "reason": s.derived["val"].reason}

@@ -43,7 +43,9 @@ SPARSE_FOREGROUND, FOREGROUND_SAMPLING = 0.1, 0.5
 DERIVED_FIELDS = ("filter", "val")
 #: Recipe settings the rules propose (shown by `celltune data summary`) but training does not
 #: apply yet: each waits for its development-set benchmark.
-PROPOSED_FIELDS = ("channels", "crop", "foreground_sampling")
+PROPOSED_FIELDS = ("channels", "crop", "foreground_sampling", "resize")
+#: Objects wider than SHRINK_ABOVE px (median) are scaled to DIAMETER_TARGET px on load.
+DIAMETER_TARGET, SHRINK_ABOVE = 32, 48
 _GIVEN = "given"
 #: Training length without a time budget: this many epochs, and at least this many crops.
 EPOCHS_DEFAULT, MIN_TRAINING_CROPS = 40, 2000
@@ -145,12 +147,33 @@ def foreground_sampling(fp: Fingerprint, user: float | None = None) -> Choice:
     return Choice(0.0, f"0: objects cover {share:.0%} of the pixels; uniform crops find them")
 
 
+def rescale(fp: Fingerprint, user: float | None = None) -> Choice:
+    """Shrink images whose objects are large so that they are 32 px across (the Cellpose
+    idea of a canonical diameter); never enlarge.
+
+    Large objects in large images cost many pixels per object: shrunk, a crop holds whole
+    objects with their context and validation and prediction run on fewer pixels. Masks are
+    predicted at the shrunk size and scaled back to the image's own.
+    """
+    if user is not None:
+        return Choice(user, _GIVEN)
+    d = fp.object_diameter
+    if d is None:
+        return Choice(None, "none: no objects found")
+    if d <= SHRINK_ABOVE:
+        return Choice(None, f"none: objects are {d:.0f} px across (at most {SHRINK_ABOVE})")
+    factor = round(DIAMETER_TARGET / d, 3)
+    return Choice(factor, f"{factor:g}: objects {d:.0f} px across (median) shrink to "
+                          f"{DIAMETER_TARGET} px")
+
+
 RULES: dict[str, Callable[[Fingerprint], Choice]] = {
     "filter": lambda fp: data_filter(),
     "val": validation_count,
     "channels": input_channels,
     "crop": crop_size,
     "foreground_sampling": foreground_sampling,
+    "resize": rescale,
 }
 
 
