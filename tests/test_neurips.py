@@ -378,3 +378,30 @@ def test_split_folder_without_images_does_not_hide_another(tmp_path: Path) -> No
     pair(tmp_path / "Training", "a")
     found = discover(tmp_path)
     assert found.folders["training"] == tmp_path / "Training"
+
+
+# --- correlated images stay together ------------------------------------------------------
+
+
+def test_frames_of_one_movie_are_never_split_between_train_val_and_test(tmp_path: Path) -> None:
+    for movie, frames in (("a", 6), ("b", 6), ("c", 4), ("d", 4), ("e", 3)):
+        for t in range(frames):
+            pair(tmp_path, f"{movie}_t{t:03d}")
+    for seed in range(5):
+        splits = make_splits(DataConfig(root=tmp_path, val=4, test_fraction=0.2), seed=seed)
+        movies = {k: {s.name.split("_")[0] for s in splits[k]} for k in ("train", "val", "test")}
+        assert not movies["train"] & movies["val"] and not movies["train"] & movies["test"]
+        assert not movies["val"] & movies["test"]
+        assert 1 <= len(splits.val) <= 4 and splits.train
+
+
+def test_with_two_movies_validation_is_a_block_of_the_last_frames(tmp_path: Path) -> None:
+    for movie in ("m1", "m2"):
+        for t in range(10):
+            pair(tmp_path, f"{movie}_t{t:03d}")
+    splits = make_splits(DataConfig(root=tmp_path, val=3, test_fraction=0.5), seed=0)
+    # Test takes one whole movie; validation the last 3 frames of the other.
+    assert len({s.name[:2] for s in splits.test}) == 1 and len(splits.test) == 10
+    other = ({"m1", "m2"} - {splits.test[0].name[:2]}).pop()
+    assert [s.name for s in splits.val] == [f"{other}_t{t:03d}" for t in (7, 8, 9)]
+    assert [s.name for s in splits.train] == [f"{other}_t{t:03d}" for t in range(7)]

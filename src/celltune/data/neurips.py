@@ -26,6 +26,7 @@ import numpy as np
 
 from celltune.config import DataConfig
 from celltune.data.derive import default_val_count
+from celltune.data.groups import group_of
 from celltune.data.samples import Sample, Splits
 from celltune.errors import DataError
 from celltune.io import IMAGE_EXTENSIONS, TIFF_EXTENSIONS
@@ -279,6 +280,38 @@ def _shuffled(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
     return [ordered[i] for i in rng.permutation(len(ordered))]
 
 
+def hold_out(shuffled: list[Sample], count: int) -> tuple[list[Sample], list[Sample]]:
+    """``(held out, rest)``: about ``count`` images taken as whole groups of correlated images.
+
+    Groups (:func:`celltune.data.groups.group_of`: frames of one movie, tiles of one slide) are
+    visited in the order of their first image in ``shuffled`` and taken whole while they fit
+    in ``count``; at least one group stays in the rest. When no group fits (two long movies),
+    the held-out images are the last ``count`` frames by name of the largest group: one block
+    of consecutive frames, not frames interleaved with training ones. Where every image is its
+    own group this is ``shuffled[:count]``, the split of images without groups.
+    """
+    groups: dict[str, list[Sample]] = {}
+    for sample in shuffled:
+        groups.setdefault(group_of(sample.name), []).append(sample)
+    if len(groups) == len(shuffled):
+        return shuffled[:count], shuffled[count:]
+    taken: list[Sample] = []
+    rest: list[Sample] = []
+    left = len(groups)
+    for members in groups.values():
+        if len(taken) + len(members) <= count and left > 1:
+            taken += members
+            left -= 1
+        else:
+            rest += members
+    if not taken:
+        largest = max(groups.values(), key=lambda m: (len(m), m[0].name))
+        block = set(_sorted(largest)[-min(count, len(largest) - 1):])
+        taken = [s for s in shuffled if s in block]
+        rest = [s for s in shuffled if s not in block]
+    return taken, rest
+
+
 def _count(value: float, total: int) -> int:
     """A count (value >= 1) or a fraction of ``total`` (value < 1, at least one)."""
     if value >= 1:
@@ -365,8 +398,7 @@ def _test_and_pool(
         test = apply_filter(found.splits["tuning"], name)[0]
     else:
         shuffled = _shuffled(pool, rng)
-        n_test = _count(data_cfg.test_fraction, len(shuffled))
-        test, pool = shuffled[:n_test], shuffled[n_test:]
+        test, pool = hold_out(shuffled, _count(data_cfg.test_fraction, len(shuffled)))
     _nonempty(test, "test", root, name)
     return test, pool
 
@@ -411,5 +443,5 @@ def make_splits(data_cfg: DataConfig, seed: int) -> Splits:
     n_val = _count(data_cfg.val, len(shuffled))
     if n_val >= len(shuffled):
         raise _too_few(found.root, data_cfg, n_val, len(shuffled))
-    val, train = shuffled[:n_val], shuffled[n_val:]
+    val, train = hold_out(shuffled, n_val)
     return Splits(train=_sorted(train), val=_sorted(val), test=_sorted(test))
