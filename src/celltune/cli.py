@@ -110,8 +110,10 @@ def train(
     head: Annotated[str | None, Opt(help="binary or two_class.")] = None,
     aug: Annotated[str | None, Opt(help="Augmentation: none, aug1, aug2.")] = None,
     loss: Annotated[str | None, Opt(help="bce_dice, dice, focal, bce, ce.")] = None,
-    epochs: Annotated[int | None, Opt(help="Maximum epochs.")] = None,
-    max_time: Annotated[float | None, Opt(help="Wall-clock budget in minutes.")] = None,
+    epochs: Annotated[int | None, Opt(
+        help="Epochs; default 40, more for small sets (a cap when --max-time is given).")] = None,
+    max_time: Annotated[float | None, Opt(
+        help="Train for this many minutes: the schedule is fitted to fill them.")] = None,
     batch_size: Annotated[int | None, Opt(help="Crops per batch.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (AdamW).")] = None,
     crop: Annotated[int | None, Opt(
@@ -147,6 +149,8 @@ def train(
     Examples:
 
       celltune train --data data/neurips --model unet --weights imagenet --aug aug1 --out runs/unet
+
+      celltune train --data data/my_cells --max-time 12 --out runs/mine
 
       celltune train configs/demo.yaml --out runs/demo --epochs 5
 
