@@ -38,13 +38,14 @@ def test_validations_are_spaced_by_a_sixth_of_the_time_or_by_their_cost():
 
 def test_time_spent_before_a_resume_counts():
     budget = TimeBudget(1.0, started=0.0)
-    budget.state.last_validation_seconds = 2.5
+    budget.state.last_validation_seconds, budget.state.planned = 2.5, 120
     saved = budget.state_dict()
     assert saved["spent"] > 0 and saved["last_validation_seconds"] == 2.5
     resumed = TimeBudget(1.0)
     resumed.load_state_dict(saved)
     assert resumed.elapsed() >= saved["spent"]
     assert isinstance(resumed.state, BudgetState) and resumed.state.last_validation_seconds == 2.5
+    assert resumed.state.planned == 120  # the schedule continues where it was
 
 
 @pytest.fixture(scope="module")

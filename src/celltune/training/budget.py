@@ -33,6 +33,8 @@ VALIDATIONS_PER_BUDGET = 6
 VALIDATION_TIME_SHARE = 0.2
 #: Steps timed before the plan is trusted; until then the schedule assumes the budget is long.
 MIN_TIMED_STEPS = 2
+#: The plan before any step is timed: far away, so the warm-up runs at its own pace.
+UNPLANNED = 10**9
 
 
 def plan_steps(
@@ -71,9 +73,10 @@ def validation_gap(horizon: float, last_validation: float | None) -> float:
 
 @dataclass
 class BudgetState:
-    """What a resume needs: seconds already spent and when the last validation ended."""
+    """What a resume needs: seconds already spent, the plan, the validations' timing."""
 
     spent: float = 0.0
+    planned: int | None = None
     last_validation_end: float = 0.0
     last_validation_seconds: float | None = None
     first_step_at: float | None = None
@@ -123,9 +126,10 @@ class TimeBudget(L.Callback):
 
     # --- hooks -------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Until steps are timed the plan is the cap, or the budget's end far away.
+        # Until steps are timed the plan is the cap, or the budget's end far away; a resumed
+        # run continues the plan it had.
         cap = self._cap(trainer)
-        pl_module.planned_steps = cap if cap is not None else max(trainer.global_step, 1) * 10**6
+        pl_module.planned_steps = self.state.planned or cap or UNPLANNED
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -142,7 +146,7 @@ class TimeBudget(L.Callback):
         if elapsed >= self.budget:
             planned = steps
         planned = int(trainer.strategy.broadcast(planned, src=0))
-        pl_module.planned_steps = max(planned, steps)
+        pl_module.planned_steps = self.state.planned = max(planned, steps)
         if steps >= planned:
             trainer.should_stop = True
 
