@@ -32,6 +32,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"overrides": {}},
     "batch4": {"overrides": {"train": {"batch_size": 4}}},
     "derived": {"overrides": {}, "derive": ("channels", "crop", "foreground_sampling")},
+    "channels": {"overrides": {}, "derive": ("channels",)},
+    "fgcrop": {"overrides": {}, "derive": ("crop", "foreground_sampling")},
     "rescale": {"overrides": {}, "derive": ("resize",)},
     "lr2e-3": {"overrides": {"train": {"lr": 2e-3}}},
 }
