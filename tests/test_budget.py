@@ -163,3 +163,21 @@ def test_without_affordable_validation_the_final_weights_are_the_checkpoint(
     best = torch.load(result.run.checkpoint("best"), map_location="cpu", weights_only=False)
     last = torch.load(result.run.checkpoint("last"), map_location="cpu", weights_only=False)
     assert best["global_step"] == last["global_step"] == max(best["global_step"], 1)
+
+
+def test_last_checkpoint_is_written_at_most_once_a_period_and_at_the_end(monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from celltune.training.callbacks import LastCheckpoint
+
+    writes = []
+    monkeypatch.setattr(ModelCheckpoint, "on_train_epoch_end",
+                        lambda self, trainer, module: writes.append(trainer.current_epoch))
+    every_epoch, periodic = LastCheckpoint(min_seconds=0.0), LastCheckpoint(min_seconds=3600.0)
+    for epoch in range(5):
+        trainer = SimpleNamespace(max_epochs=-1, current_epoch=epoch, should_stop=epoch == 4)
+        every_epoch.on_train_epoch_end(trainer, None)
+        periodic.on_train_epoch_end(trainer, None)
+    assert writes == [0, 1, 2, 3, 4, 4]  # every epoch; the periodic one only at the stop

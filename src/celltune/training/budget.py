@@ -10,8 +10,9 @@ in time (:func:`validation_gap`), so a run on large images still chooses its bes
 from several of them, and the last validation's duration is kept in reserve for the
 validation of the final weights.
 
-The clock starts when :func:`celltune.training.fit.fit` starts (image loading counts) and
-survives a resume: the time spent before the interruption is part of the checkpoint.
+The clock starts when the trainer is built, after the images are loaded and before the
+first step, and survives a resume: the time spent before the interruption is part of the
+checkpoint.
 
 Example:
     >>> plan_steps(steps=10, elapsed=30.0, first_step_at=3.0, budget=120.0, reserve=6.0)

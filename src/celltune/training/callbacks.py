@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from celltune.io import atomic_path
 from celltune.rundir import RunDir
@@ -127,6 +127,26 @@ class EpochLine(ValidationSeen):
         if self.budget is not None:
             parts.append(f"budget {min(self.budget.used_fraction(), 9.99):.0%} used")
         return "  ".join(parts)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at epoch ends, at most every ``min_seconds``, always when training ends.
+
+    With ``min_seconds=0`` it is written after every epoch, which an exact resume needs.
+    """
+
+    def __init__(self, *, min_seconds: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.min_seconds = min_seconds
+        self._written_at = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last_epoch = trainer.max_epochs not in (None, -1) and (
+            trainer.current_epoch + 1 >= trainer.max_epochs)
+        due = time.monotonic() - self._written_at >= self.min_seconds
+        if due or last_epoch or trainer.should_stop:
+            super().on_train_epoch_end(trainer, pl_module)
+            self._written_at = time.monotonic()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

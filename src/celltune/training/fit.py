@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +39,13 @@ from celltune.errors import DataError, RunError
 from celltune.models import MODELS
 from celltune.rundir import RunDir
 from celltune.training.budget import TimeBudget
-from celltune.training.callbacks import AtomicCheckpointIO, EpochLine, MetricsCSV, StepBar
+from celltune.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochLine,
+    LastCheckpoint,
+    MetricsCSV,
+    StepBar,
+)
 from celltune.training.distributed import is_worker, steps_per_process
 from celltune.training.losses import LOSSES
 from celltune.training.module import SegmentationModule
@@ -219,7 +224,6 @@ def fit(
     ``metrics.csv``. With ``resume`` the run continues from ``last.ckpt`` with the saved config.
     ``splits`` fixes the train/val/test images instead of drawing them from the data root.
     """
-    started = time.monotonic()  # a time budget counts image loading too
     check_names(config)
     run, config, splits = _prepare(config, out, resume=resume, overwrite=overwrite,
                                    splits=splits)
@@ -237,7 +241,7 @@ def fit(
     val_every = resolve_val_every(config, train_dl.dataset, val_dl.dataset)
     with quiet_lightning():
         trainer = build_trainer(config, run, progress=progress, steps=max(1, len(train_dl)),
-                                val_every=val_every, started=started,
+                                val_every=val_every,
                                 val_cost=validation_cost(config, val_dl.dataset))
         steps = steps_per_process(
             len(train_dl.sampler), train_dl.batch_size, train_dl.drop_last, trainer.world_size
@@ -289,6 +293,9 @@ def _check_splits(splits: Splits, config: RunConfig) -> None:
                 f"{config.data.filter!r}; add images or use --filter all."
             )
 
+
+#: With a time budget, last.ckpt is written at the end of an epoch at most this often.
+LAST_CHECKPOINT_SECONDS = 60.0
 
 #: Share of the training compute that automatic validation scheduling allows for validation.
 VALIDATION_SHARE = 0.15
@@ -352,18 +359,21 @@ def validate_final(trainer: Any, module: Any, val_dl: Any, run: RunDir) -> None:
 
 def build_trainer(
     config: RunConfig, run: RunDir, *, progress: bool, steps: int, val_every: int = 1,
-    started: float | None = None, val_cost: float = 0.0,
+    val_cost: float = 0.0,
 ) -> Any:
     """The Lightning trainer with celltune's callbacks.
 
-    With ``train.max_time`` a :class:`TimeBudget` (clock from ``started``) decides the
-    length, the schedule's end and, for ``val_every: auto``, when to validate (``val_cost``:
-    a validation's predicted cost in training steps); ``epochs`` then only caps.
+    With ``train.max_time`` a :class:`TimeBudget` (its clock starts here, after the images
+    are loaded) decides the length, the schedule's end and, for ``val_every: auto``, when to
+    validate (``val_cost``: a validation's predicted cost in training steps); ``epochs`` then
+    only caps, and ``last.ckpt`` is written at most once a minute (a time-budgeted run does
+    not promise a bit-exact resume, and a 300 MB checkpoint after every short epoch cost up
+    to a tenth of the budget).
     """
     t = config.train
     budget = None
     if t.max_time:
-        budget = TimeBudget(t.max_time, started=started, epoch_cap=t.epochs,
+        budget = TimeBudget(t.max_time, epoch_cap=t.epochs,
                             space_validations=t.val_every == "auto", validation_steps=val_cost)
     callbacks: list[Any] = [
         ModelCheckpoint(
@@ -373,9 +383,10 @@ def build_trainer(
         # last.ckpt every epoch, from its own callback: Lightning 2.6's save_last=True writes
         # it only in epochs that improve the best score, so a resume would replay every
         # epoch since then. Listed after "best" so that it stores the updated best score.
-        ModelCheckpoint(
+        LastCheckpoint(
             dirpath=run.checkpoints_dir, filename="last", save_top_k=1,
             save_on_train_epoch_end=True, enable_version_counter=False,
+            min_seconds=LAST_CHECKPOINT_SECONDS if budget is not None else 0.0,
         ),
         MetricsCSV(run),
     ]
