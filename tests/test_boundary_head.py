@@ -14,11 +14,13 @@ from celltune.data.synthetic import generate_image, write_dataset
 from celltune.data.targets import num_classes, three_class_target
 from celltune.errors import ConfigError
 from celltune.evaluation.evaluate import evaluate_run
+from celltune.inference.batch import predict_files
 from celltune.inference.instances import (
     instances_from_classes,
     instances_from_classes_tiled,
 )
 from celltune.inference.predict import Predictor
+from celltune.io import read_image, read_label, write_tiff
 from celltune.models import HEAD_TARGETS, HEADS, create_model, list_models
 from celltune.models.build import class_probabilities, foreground_probability
 from celltune.training.losses import build_loss, soft_dice_loss
@@ -191,6 +193,21 @@ def test_predictor_decodes_instances_for_the_boundary_head():
     assert predictor.predict_instances(image, method="components").max() == 1
     with pytest.raises(ConfigError, match="watershed"):
         predictor.predict_instances(image, method="nope")
+
+
+def test_batch_prediction_writes_the_boundary_heads_instances(tmp_path):
+    labels = touching_discs()
+    predictor = Predictor(_Perfect(three_class_target(labels)), head="boundary",
+                          tile=64, overlap=0.0, device="cpu")
+    image = (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)
+    write_tiff(tmp_path / "cells.tif", image)
+    result = predict_files(predictor, [tmp_path / "cells.tif"], tmp_path / "out",
+                           progress=False, overlay=False, save_prob=True)
+    assert result.ok and result.images[0].cells == 2
+    written = read_label(tmp_path / "out" / "cells_labels.tif")
+    assert np.array_equal(written, predictor.predict_instances(image))
+    prob = read_image(tmp_path / "out" / "cells_prob.tif")[..., 0]
+    np.testing.assert_allclose(prob, predictor.predict_proba(image), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
