@@ -107,7 +107,9 @@ def train(
     weights: Annotated[str | None, Opt(help="Encoder weights: none, imagenet, or a file path.")
                        ] = None,
     encoder: Annotated[str | None, Opt(help="Encoder of SMP models.")] = None,
-    head: Annotated[str | None, Opt(help="binary or two_class.")] = None,
+    head: Annotated[str | None, Opt(
+        help="binary, two_class, or boundary (background/interior/boundary: touching cells "
+        "are separated by the predicted boundaries).")] = None,
     aug: Annotated[str | None, Opt(help="Augmentation: none, aug1, aug2.")] = None,
     loss: Annotated[str | None, Opt(help="bce_dice, dice, focal, bce, ce.")] = None,
     epochs: Annotated[int | None, Opt(

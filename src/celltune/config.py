@@ -79,7 +79,11 @@ class ModelConfig(_Section):
     name: str = "unet"
     encoder: str | None = Field(None, description="encoder of SMP models; None = resnet34")
     weights: str = Field("none", description="'none', 'imagenet' or a path to a weights file")
-    head: Literal["binary", "two_class"] = "binary"
+    head: Literal["binary", "two_class", "boundary"] = Field(
+        "binary",
+        description="binary (sigmoid), two_class (softmax) or boundary (softmax over "
+        "background/interior/boundary: instances separated by the predicted boundaries)",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 

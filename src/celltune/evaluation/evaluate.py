@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,7 @@ from celltune.evaluation.metrics import (
 )
 from celltune.evaluation.stats import bootstrap_ci
 from celltune.evaluation.threshold import ThresholdAccumulator, ThresholdResult
-from celltune.inference.instances import label_instances_tiled
-from celltune.inference.predict import Predictor
+from celltune.inference.predict import Prediction, Predictor
 from celltune.io import read_image, read_label, to_binary
 from celltune.rundir import RunDir
 
@@ -73,21 +72,22 @@ def run_splits(
 
 
 def _predictions(
-    predictor: Any, samples: list[Sample], description: str, progress: bool,
-    failures: list[dict[str, str]],
-) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
-    """Yield (sample, probability, instance labels); unreadable samples go to ``failures``."""
+    predict: Callable[[np.ndarray], Any], samples: list[Sample], description: str,
+    progress: bool, failures: list[dict[str, str]],
+) -> Iterator[tuple[Sample, Any, np.ndarray]]:
+    """Yield (sample, ``predict(image)``, true instance labels); unreadable samples go to
+    ``failures``."""
     for sample in _progress(samples, description, progress):
         try:
             if sample.label is None:
                 raise DataError(f"{sample.image}: has no label file.")
             image = read_image(sample.image)
             labels = read_label(sample.label, shape=image.shape[:2])
-            prob = predictor.predict_proba(image)
+            predicted = predict(image)
         except CelltuneError as exc:
             failures.append({"name": sample.name, "error": str(exc)})
             continue
-        yield sample, prob, labels
+        yield sample, predicted, labels
 
 
 def choose_threshold(
@@ -99,7 +99,8 @@ def choose_threshold(
 ) -> ThresholdResult:
     """Sweep thresholds on the run's validation split and write ``threshold.json``.
 
-    Binary heads get the threshold with the best mean per-image Dice. Two-class heads use
+    Binary and boundary heads get the threshold (on the foreground probability, for the
+    boundary head ``1 - P(background)``) with the best mean per-image Dice. Two-class heads use
     argmax, equivalent to 0.5; their curve is still recorded for the figures. ``predictor``
     and ``config`` are the run's own when the caller has already loaded them.
     """
@@ -109,7 +110,8 @@ def choose_threshold(
     acc = ThresholdAccumulator()
     failures: list[dict[str, str]] = []
     val = run.read_splits().val
-    for _, prob, labels in _predictions(predictor, val, "threshold sweep", progress, failures):
+    sweep = _predictions(predictor.predict_proba, val, "threshold sweep", progress, failures)
+    for _, prob, labels in sweep:
         acc.add(prob, to_binary(labels))
     if not len(acc):
         raise DataError(f"{run.path}: no readable validation images to choose a threshold on.")
@@ -137,6 +139,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split``; returns the summary (also written to disk).
 
+    Instance scores use :meth:`Predictor.label`: ``instance_method="watershed"`` is the
+    boundary head's own decoding (interior seeds grown over the mask) for boundary runs and
+    the mask's distance-transform watershed for the other heads.
+
     ``predictor`` (with the run's chosen threshold) and ``config`` are the run's own when the
     caller has already loaded them.
     """
@@ -148,10 +154,10 @@ def evaluate_run(
     predictor = predictor or Predictor.from_run(run, config=cfg)
     failures: list[dict[str, str]] = []
     rows = [
-        _score_image(run, split, sample, prob, labels, predictor.threshold, instance_method,
+        _score_image(run, split, sample, predicted, labels, predictor, instance_method,
                      save_masks)
-        for sample, prob, labels in _predictions(predictor, samples, f"evaluate {split}",
-                                                 progress, failures)
+        for sample, predicted, labels in _predictions(predictor.predict, samples,
+                                                      f"evaluate {split}", progress, failures)
     ]
     if not rows:
         raise DataError(
@@ -170,14 +176,19 @@ def evaluate_run(
 
 
 def _score_image(
-    run: RunDir, split: str, sample: Sample, prob: np.ndarray, labels: np.ndarray,
-    threshold: float, instance_method: str, save_mask: bool,
+    run: RunDir, split: str, sample: Sample, predicted: Prediction, labels: np.ndarray,
+    predictor: Predictor, instance_method: str, save_mask: bool,
 ) -> dict[str, Any]:
-    """One image's row of ``per_image.csv``; its mask is saved on the way."""
-    mask = prob >= threshold
+    """One image's row of ``per_image.csv``; its mask is saved on the way.
+
+    Cells come from :meth:`Predictor.label`: the boundary head's own decoding (interior
+    seeds grown over the mask) for ``watershed``, the mask's watershed for other heads.
+    """
+    mask = predicted.mask
     counts = confusion(mask, to_binary(labels))
     # F1 at IoU 0.5, 0.55, ..., 0.9; the first entry is the challenge's F1.
-    inst = instance_scores(labels, label_instances_tiled(mask, method=instance_method))
+    cells = predictor.label(mask, predicted.classes, method=instance_method)
+    inst = instance_scores(labels, cells)
     if save_mask:
         run.write_mask(split, sample.name, mask)
     return {

@@ -5,7 +5,8 @@ recurses). For every readable image ``<stem>`` the output folder receives:
 
 * ``<stem>_mask.tif``: uint8, 0 = background, 255 = foreground (probability >= threshold);
 * ``<stem>_prob.tif``: float32 foreground probability in [0, 1] (only with ``save_prob``);
-* ``<stem>_labels.tif``: int32 instance labels, 0 = background (unless ``instances="none"``);
+* ``<stem>_labels.tif``: int32 instance labels, 0 = background (unless ``instances="none"``;
+  a ``boundary`` head's ``watershed`` labels come from its interior and boundary classes);
 * ``<stem>_overlay.png``: the image (percentile-normalised, RGB) with cell outlines in red,
   shrunk by an integer factor so its longer side is at most 2048 pixels;
 
@@ -341,14 +342,14 @@ def predict_file(
     if on_size is not None:
         on_size(height, width)
     small = preview(image) if options.overlay else None
-    prob = predictor.predict_proba(image, on_tile=on_tile)
+    prediction = predictor.predict(image, on_tile=on_tile)
     del image  # the raw image is the largest array left; free it before labelling
     if options.save_prob:
-        written.append(write_tiff(files["prob"], prob.astype(np.float32, copy=False)))
-    mask = prob >= predictor.threshold
-    del prob
+        written.append(write_tiff(files["prob"], prediction.probability.astype(np.float32, copy=False)))
+    mask, classes = prediction.mask, prediction.classes
+    del prediction  # nor keep the probability plane while labelling
     written.append(write_tiff(files["mask"], mask.astype(np.uint8) * 255))
-    labels, cells, mean_area = _instances(mask, options)
+    labels, cells, mean_area = _instances(predictor, mask, classes, options)
     if labels is not None:
         written.append(write_tiff(files["labels"], labels))
     if small is not None:
@@ -368,11 +369,15 @@ def predict_file(
 
 
 def _instances(
-    mask: np.ndarray, options: OutputOptions
+    predictor: Predictor, mask: np.ndarray, classes: np.ndarray | None, options: OutputOptions
 ) -> tuple[np.ndarray | None, int | None, float | None]:
+    """Labels, cell count and mean cell area; the boundary head decodes its own classes."""
     if options.instances == "none":
         return None, None, None
-    labels = label_in_bands(mask, options.instances, options.min_size)
+    if classes is not None and options.instances == "watershed":
+        labels = predictor.label(mask, classes, method="watershed", min_size=options.min_size)
+    else:
+        labels = label_in_bands(mask, options.instances, options.min_size)
     cells = int(labels.max())
     mean_area = float(np.count_nonzero(labels)) / cells if cells else None
     return labels, cells, mean_area

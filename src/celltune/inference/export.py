@@ -5,9 +5,11 @@ celltune normalises them (each channel mapped to [0, 1] between its 1st and 99.8
 percentile, clipped; see :func:`celltune.io.normalize`). Any ImageNet mean/std the weights
 need is *inside* the graph (the model's :class:`~celltune.models.Segmenter` applies it), so a
 consumer must not apply it again. By default the output is the foreground probability
-``(N, 1, H, W)`` (sigmoid of the binary logit, or the softmax's foreground channel for
-two-class heads), so ``mask = probability >= threshold``; ``logits=True`` exports the raw
-``(N, 1|2, H, W)`` logits instead. H and W must be multiples of the size divisor (32).
+``(N, 1, H, W)`` (sigmoid of the binary logit, the softmax's foreground channel for
+two-class heads, ``1 - P(background)`` for boundary heads), so
+``mask = probability >= threshold``; ``logits=True`` exports the raw ``(N, 1|2|3, H, W)``
+logits instead (a boundary head's instances are decoded from its softmax, so a consumer who
+wants them exports logits). H and W must be multiples of the size divisor (32).
 
 Beside ``<name>.onnx`` / ``<name>.pt`` goes ``<name>.json`` with the threshold, head,
 channels, normalisation, size divisor, checksum and the verification result; the same JSON
@@ -424,7 +426,8 @@ def describe(
             "kind": "logits" if logits else "probability",
             "channels": out_channels if logits else 1,
             "meaning": (
-                "raw logits; sigmoid (binary) or softmax over channels (two_class)"
+                "raw logits; sigmoid (binary) or softmax over channels (two_class; "
+                "boundary: background, interior, boundary)"
                 if logits
                 else "foreground probability; mask = probability >= threshold"
             ),

@@ -1,4 +1,12 @@
-"""Binary masks to instance label maps: connected components or a distance-transform watershed.
+"""Instance label maps: from binary masks, or from the boundary head's class probabilities.
+
+Binary masks (``binary`` and ``two_class`` heads) are split by connected components or a
+distance-transform watershed (:func:`label_instances`). The ``boundary`` head predicts
+background / interior / boundary; its cells are decoded by :func:`instances_from_classes`:
+each connected interior region seeds one cell, grown over the foreground by a watershed, so
+cells the boundary class separates stay apart even where their masks touch. Both have a
+windowed form for images of any size with memory bounded by one window
+(:func:`label_instances_tiled`, :func:`instances_from_classes_tiled`).
 
 Example:
     >>> import numpy as np
@@ -9,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -17,6 +27,8 @@ from celltune.errors import ConfigError
 METHODS = ("components", "watershed")
 #: 8-connectivity: pixels touching at a corner belong to the same cell.
 _STRUCTURE = np.ones((3, 3), dtype=bool)
+#: A window of a 2-D plane: (rows, columns).
+Window = tuple[slice, slice]
 
 
 def label_instances(
@@ -76,15 +88,21 @@ def _watershed(fg: np.ndarray, h: float, smooth: float) -> np.ndarray:
     distance = ndi.distance_transform_edt(fg)
     if smooth > 0:
         distance = ndi.gaussian_filter(distance, smooth) * fg
+    # Regions shallower than h have no h-maximum; they are seeded whole.
+    markers = _markers(h_maxima(distance, h).astype(bool) & fg, fg)
+    return watershed(-distance, markers, mask=fg, connectivity=2)
+
+
+def _markers(seeds: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Label the 8-connected ``seeds``; a foreground region without any seed becomes one
+    marker of its own, so no cell disappears for want of a seed."""
     components, n_components = ndi.label(fg, structure=_STRUCTURE)
-    peaks = h_maxima(distance, h).astype(bool) & fg
-    markers, n_markers = ndi.label(peaks, structure=_STRUCTURE)
-    # Regions shallower than h have no h-maximum; seed them whole so no cell disappears.
+    markers, n_markers = ndi.label(seeds, structure=_STRUCTURE)
     seeded = np.zeros(n_components + 1, dtype=bool)
     seeded[components[markers > 0]] = True
     unseeded = ~seeded[components] & fg
     markers[unseeded] = components[unseeded] + n_markers
-    return watershed(-distance, markers, mask=fg, connectivity=2)
+    return markers
 
 
 def _filter_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -129,17 +147,43 @@ def label_instances_tiled(
     fg = np.asarray(mask).astype(bool, copy=False)
     if fg.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {fg.shape}.")
-    height, width = fg.shape
+    return label_by_windows(
+        fg.shape,
+        lambda window: label_instances(fg[window], method=method, min_size=min_size, **options),
+        tile=tile,
+        margin=margin,
+    )
+
+
+def label_by_windows(
+    shape: tuple[int, int],
+    label_window: Callable[[Window], np.ndarray],
+    tile: int = 2048,
+    margin: int = 128,
+) -> np.ndarray:
+    """Assemble a label map of ``shape`` from labellings of overlapping windows.
+
+    The plane is cut into ``tile``-sized cores; ``label_window`` labels each core plus
+    ``margin`` pixels of context on every side (a 2-D slice pair into the full plane), and the
+    core keeps the cells whose centroid lies inside it, with ids following on from the cores
+    before it, so ids are unique over the whole map. A pixel claimed by two windows (a cell
+    reaching across a core edge) stays with the first. Planes up to one window are labelled
+    whole, in one call.
+
+    Returns:
+        int32 labels, cells numbered 1..n in tile order (raster order of the cores).
+    """
+    height, width = shape
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
-        return label_instances(fg, method=method, min_size=min_size, **options)
-    out = np.zeros(fg.shape, dtype=np.int32)
+        return label_window((slice(0, height), slice(0, width))).astype(np.int32, copy=False)
+    out = np.zeros(shape, dtype=np.int32)
     next_id = 0
     for y0 in range(0, height, tile):
         for x0 in range(0, width, tile):
             wy, wx = max(0, y0 - margin), max(0, x0 - margin)
             window = (slice(wy, min(height, y0 + tile + margin)),
                       slice(wx, min(width, x0 + tile + margin)))
-            cells = label_instances(fg[window], method=method, min_size=min_size, **options)
+            cells = label_window(window)
             lut = _cells_centred_in(cells, (y0 - wy, x0 - wx), tile, next_id)
             next_id += int(np.count_nonzero(lut))
             new = lut[cells]
@@ -167,3 +211,90 @@ def _cells_centred_in(
     inside[0] = False
     lut[inside] = np.arange(first_id + 1, first_id + 1 + int(inside.sum()), dtype=np.int32)
     return lut
+
+
+def _check_classes(probs: np.ndarray) -> np.ndarray:
+    arr = np.asarray(probs)
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise ValueError(
+            "expected class probabilities (3, H, W) for background / interior / boundary, "
+            f"got shape {arr.shape}."
+        )
+    return arr
+
+
+def class_foreground(probs: np.ndarray) -> np.ndarray:
+    """Foreground probability ``1 - P(background)`` of ``(3, H, W)`` class probabilities,
+    float32, the same rule as :func:`celltune.models.build.foreground_probability`."""
+    return np.float32(1.0) - _check_classes(probs)[0].astype(np.float32, copy=False)
+
+
+def instances_from_classes(
+    probs: np.ndarray,
+    seed_threshold: float = 0.5,
+    fg_threshold: float = 0.5,
+    min_size: int = 16,
+) -> np.ndarray:
+    """Decode the ``boundary`` head's class probabilities into cells.
+
+    The foreground is where ``1 - P(background) >= fg_threshold``. Each 8-connected region
+    where ``P(interior) >= seed_threshold`` (inside the foreground) seeds one cell; the seeds
+    grow over the foreground by a watershed on ``-P(interior)``, so the boundary pixels
+    between two touching cells go to the interior that reaches them first. A foreground
+    region without any seed (a cell predicted as all boundary) stays one cell. Cells smaller
+    than ``min_size`` pixels are then removed and ids renumbered 1..n.
+
+    Args:
+        probs: ``(3, H, W)`` probabilities of background, interior and boundary (a softmax).
+        seed_threshold: Smallest interior probability of a seed pixel.
+        fg_threshold: Smallest foreground probability of a cell pixel (the run's threshold).
+        min_size: Smallest cell area kept, in pixels (0 or 1 keeps everything).
+
+    Returns:
+        An int32 label map ``(H, W)``, 0 = background, cells 1..n in seed order.
+
+    Raises:
+        ValueError: ``probs`` is not ``(3, H, W)``.
+    """
+    from skimage.segmentation import watershed
+
+    p = _check_classes(probs)
+    fg = class_foreground(p) >= fg_threshold
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.int32)
+    interior = p[1].astype(np.float32, copy=False)
+    markers = _markers((interior >= seed_threshold) & fg, fg)
+    labels = watershed(-interior, markers, mask=fg, connectivity=2)
+    return _filter_and_relabel(labels, min_size)
+
+
+def instances_from_classes_tiled(
+    probs: np.ndarray,
+    seed_threshold: float = 0.5,
+    fg_threshold: float = 0.5,
+    min_size: int = 16,
+    tile: int = 2048,
+    margin: int = 128,
+) -> np.ndarray:
+    """:func:`instances_from_classes` for images of any size, memory bounded by one window.
+
+    Windows of ``tile`` + 2 ``margin`` pixels are decoded one at a time and each cell is kept
+    by the core holding its centroid (:func:`label_by_windows`), so a cell narrower than
+    ``margin`` gets the same pixels as in a whole-image decoding. Only exact ties can fall
+    differently: where the interior probability is flat (one-hot inputs, or a network
+    saturated to identical float32 values) the watershed's flooding order decides which of
+    two touching cells takes a contact pixel, and that order depends on the window, so such
+    a pixel can change cell or be left unlabelled. Use a margin wider than the largest cell.
+
+    Returns:
+        int32 labels, cells numbered 1..n in tile order.
+    """
+    p = _check_classes(probs)
+    return label_by_windows(
+        p.shape[1:],
+        lambda window: instances_from_classes(
+            p[(slice(None), *window)], seed_threshold, fg_threshold, min_size
+        ),
+        tile=tile,
+        margin=margin,
+    )

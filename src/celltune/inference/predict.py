@@ -1,4 +1,4 @@
-"""Predict probability maps and masks for images of any size with a trained run.
+"""Predict probability maps, masks and instance labels for images of any size with a trained run.
 
 Example:
     >>> from celltune.inference.predict import Predictor
@@ -22,20 +22,32 @@ import torch
 
 from celltune.config import RunConfig
 from celltune.errors import ConfigError
+from celltune.inference.instances import (
+    METHODS,
+    class_foreground,
+    instances_from_classes_tiled,
+    label_instances_tiled,
+)
 from celltune.inference.tiling import count_tiles, predict_tiled
 from celltune.io import normalize, to_channels
-from celltune.models.build import foreground_probability
+from celltune.models.build import class_probabilities, foreground_probability
 from celltune.models.checkpoint import load_model_from_checkpoint
 from celltune.rundir import RunDir
 
 
 @dataclass
 class Prediction:
-    """Foreground probability ``(H, W)`` float32 and the thresholded boolean mask."""
+    """Foreground probability ``(H, W)`` float32 and the thresholded boolean mask.
+
+    For the ``boundary`` head ``classes`` holds the ``(3, H, W)`` float32 probabilities of
+    background, interior and boundary (``probability`` is ``1 - classes[0]``); it is None for
+    the other heads.
+    """
 
     probability: np.ndarray
     mask: np.ndarray
     threshold: float
+    classes: np.ndarray | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -95,6 +107,7 @@ class Predictor:
         batch_size: int = 4,
         tta: bool = False,
         device: str | torch.device | None = None,
+        seed_threshold: float = 0.5,
     ) -> None:
         check_tiling(tile, overlap, batch_size)
         self.device = resolve_device(device)
@@ -109,6 +122,8 @@ class Predictor:
         self.overlap = overlap
         self.batch_size = batch_size
         self.tta = tta
+        #: Boundary head: smallest interior probability of an instance seed.
+        self.seed_threshold = float(seed_threshold)
         self.divisor = int(getattr(model, "size_divisor", 32))
         #: Where the model came from (set by :meth:`from_run`); recorded in predict_args.json.
         self.source: dict[str, Any] = {}
@@ -153,6 +168,7 @@ class Predictor:
             "overlap": self.overlap,
             "batch_size": self.batch_size,
             "tta": self.tta,
+            **({"seed_threshold": self.seed_threshold} if self.head == "boundary" else {}),
             "device": str(self.device),
             "size_divisor": self.divisor,
         }
@@ -208,36 +224,115 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         return foreground_probability(self.model(x), keepdim=True)
 
-    def predict_proba(
-        self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
+    def _forward_classes(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return class_probabilities(self.model(x))
+
+    def _tiled(
+        self,
+        image: np.ndarray,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        out_channels: int,
+        on_tile: Callable[[int], None] | None,
     ) -> np.ndarray:
-        """Foreground probability ``(H, W)`` for a raw image of any size."""
+        """``(out_channels, H, W)`` of ``forward`` over a raw image, tiled, at its own size."""
         chw = self.preprocess(image)
         h, w = chw.shape[1:]
         if self.resize and self.resize != 1.0:
             chw = _rescale(chw, self.resize)
-        forward = flip_tta(self._forward) if self.tta else self._forward
-        prob = predict_tiled(
-            forward,
+        out = predict_tiled(
+            flip_tta(forward) if self.tta else forward,
             chw,
-            out_channels=1,
+            out_channels=out_channels,
             tile=self.tile,
             overlap=self.overlap,
             batch_size=self.batch_size,
             divisor=self.divisor,
             device=self.device,
             on_tile=on_tile,
-        )[0]
-        if prob.shape != (h, w):
-            prob = _rescale(prob[None], (h, w))[0]
-        return prob
+        )
+        return out if out.shape[1:] == (h, w) else _rescale(out, (h, w))
+
+    def predict_proba(
+        self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Foreground probability ``(H, W)`` for a raw image of any size.
+
+        Only the foreground channel is blended and kept, whatever the head, so memory is one
+        float32 plane (for the ``boundary`` head it is ``1 - P(background)``).
+        """
+        return self._tiled(image, self._forward, 1, on_tile)[0]
+
+    def predict_classes(
+        self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Per-channel probabilities ``(out_channels, H, W)`` float32 for a raw image.
+
+        A softmax over the channels for the ``two_class`` and ``boundary`` heads (for the
+        latter: background, interior, boundary), the sigmoid of the single logit for
+        ``binary``. Every channel is blended over the tiles.
+        """
+        channels = int(getattr(self.model, "out_channels", 1))
+        return self._tiled(image, self._forward_classes, channels, on_tile)
 
     def predict(
         self, image: np.ndarray, on_tile: Callable[[int], None] | None = None
     ) -> Prediction:
-        """Probability map and mask (probability >= threshold) for a raw image."""
-        prob = self.predict_proba(image, on_tile=on_tile)
-        return Prediction(prob, prob >= self.threshold, self.threshold)
+        """Probability map and mask (probability >= threshold) for a raw image.
+
+        The ``boundary`` head's prediction also carries its class probabilities, from which
+        :meth:`label` decodes the cells.
+        """
+        if self.head != "boundary":
+            prob = self.predict_proba(image, on_tile=on_tile)
+            return Prediction(prob, prob >= self.threshold, self.threshold)
+        classes = self.predict_classes(image, on_tile=on_tile)
+        prob = class_foreground(classes)
+        return Prediction(prob, prob >= self.threshold, self.threshold, classes)
+
+    def label(
+        self,
+        mask: np.ndarray,
+        classes: np.ndarray | None = None,
+        method: str = "watershed",
+        min_size: int = 16,
+    ) -> np.ndarray:
+        """Instance labels (int32, 0 = background) of a :meth:`predict` result's ``mask`` and
+        ``classes``.
+
+        ``"watershed"`` with the ``boundary`` head's ``classes`` seeds one cell per interior
+        region and grows it over the foreground
+        (:func:`~celltune.inference.instances.instances_from_classes`, with this predictor's
+        ``seed_threshold``, and its threshold as the foreground threshold, so the cells cover
+        ``mask``); without ``classes`` it is the distance-transform watershed of ``mask``.
+        ``"components"`` labels the mask's connected regions for every head. Both run window
+        by window on large images, so memory stays bounded.
+
+        Raises:
+            ConfigError: ``method`` is unknown.
+        """
+        if method not in METHODS:
+            raise ConfigError(
+                f"Unknown instance method {method!r}; valid methods are: {', '.join(METHODS)}."
+            )
+        if method == "watershed" and classes is not None:
+            return instances_from_classes_tiled(
+                classes, seed_threshold=self.seed_threshold, fg_threshold=self.threshold,
+                min_size=min_size,
+            )
+        return label_instances_tiled(mask, method=method, min_size=min_size)
+
+    def predict_instances(
+        self,
+        image: np.ndarray,
+        method: str = "watershed",
+        min_size: int = 16,
+        on_tile: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Instance labels ``(H, W)`` int32 for a raw image, for any head (see :meth:`label`)."""
+        prediction = self.predict(image, on_tile=on_tile)
+        return self.label(prediction.mask, prediction.classes, method=method, min_size=min_size)
 
 
 def _rescale(chw: np.ndarray, factor: float | tuple[int, int]) -> np.ndarray:

@@ -18,8 +18,15 @@ from celltune.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-#: Output channels (logits) per head: ``binary`` -> sigmoid, ``two_class`` -> softmax.
-HEADS: dict[str, int] = {"binary": 1, "two_class": 2}
+#: Output channels (logits) per head: ``binary`` -> sigmoid, ``two_class`` -> softmax over
+#: background/cell, ``boundary`` -> softmax over background/interior/boundary (instance-aware:
+#: the boundary class separates touching cells, see
+#: :func:`celltune.inference.instances.instances_from_classes`).
+HEADS: dict[str, int] = {"binary": 1, "two_class": 2, "boundary": 3}
+
+#: The training target (:data:`celltune.data.targets.TARGETS`) each head learns.
+HEAD_TARGETS: dict[str, str] = {"binary": "binary", "two_class": "two_class",
+                                "boundary": "three_class"}
 
 #: Every model accepts inputs whose height and width are multiples of this.
 SIZE_DIVISOR = 32
@@ -52,7 +59,7 @@ class Segmenter(nn.Module):
     Args:
         net: The bare network (kept as ``.net``).
         name: Registered model name.
-        head: ``"binary"`` or ``"two_class"``.
+        head: ``"binary"``, ``"two_class"`` or ``"boundary"`` (see :data:`HEADS`).
         in_channels: Number of image channels the network takes.
         mean: Per-channel mean (defaults to zeros: identity).
         std: Per-channel standard deviation (defaults to ones: identity).

@@ -31,15 +31,27 @@ def build_network(model_cfg: ModelConfig, in_channels: int) -> torch.nn.Module:
 
 
 def foreground_probability(logits: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
-    """``(N, 1|2, H, W)`` logits -> foreground probability, in float32.
+    """``(N, 1|2|3, H, W)`` logits -> foreground probability, in float32.
 
     The ``binary`` head's single logit goes through a sigmoid; the ``two_class`` head's two
-    logits through a softmax, whose channel 1 is the foreground. The result is ``(N, H, W)``,
-    or ``(N, 1, H, W)`` with ``keepdim``.
+    logits through a softmax, whose channel 1 is the foreground; for the ``boundary`` head
+    (background / interior / boundary) the foreground is everything but the background,
+    ``1 - P(background)``. The result is ``(N, H, W)``, or ``(N, 1, H, W)`` with ``keepdim``.
     """
     logits = logits.float()
     if logits.shape[1] == 1:
         prob = torch.sigmoid(logits[:, 0])
-    else:
+    elif logits.shape[1] == 2:
         prob = torch.softmax(logits, dim=1)[:, 1]
+    else:
+        prob = 1.0 - torch.softmax(logits, dim=1)[:, 0]
     return prob[:, None] if keepdim else prob
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` logits -> per-channel probabilities, in float32, same shape.
+
+    A sigmoid for the single-logit ``binary`` head, a softmax over the channels otherwise.
+    """
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)

@@ -36,7 +36,7 @@ from celltune.data.neurips import FILTERS, make_splits, training_images
 from celltune.data.samples import Splits
 from celltune.data.synthetic import ensure_dataset
 from celltune.errors import DataError, RunError
-from celltune.models import MODELS
+from celltune.models import HEAD_TARGETS, MODELS
 from celltune.rundir import RunDir
 from celltune.training.budget import TimeBudget
 from celltune.training.callbacks import (
@@ -175,8 +175,9 @@ def auto_precision(accelerator: str, precision: str) -> str:
 
 
 def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
+    """Training crops and whole validation images, with the target the model's head learns."""
     d, t = config.data, config.train
-    target = "binary" if config.model.head == "binary" else "two_class"
+    target = HEAD_TARGETS[config.model.head]
     train_ds = CropDataset(
         splits.train, crop=d.crop, channels=d.channels, augment=t.aug,
         samples_per_epoch=d.samples_per_epoch, seed=t.seed,

@@ -1,10 +1,22 @@
-"""Segmentation losses for binary (1 logit) and two-class (2 logits) heads.
+"""Segmentation losses for the binary (1 logit), two-class (2) and boundary (3) heads.
 
 Every loss takes ``(logits, target)``: for the binary head logits are ``(N, 1, H, W)`` and
-the target is float ``(N, 1, H, W)`` in {0, 1}; for the two-class head logits are
-``(N, 2, H, W)`` and the target is int64 ``(N, H, W)``. Names that only make sense for one
-head are mapped to their counterpart for the other (``bce_dice`` on a two-class head is
-cross-entropy + Dice), so one recipe works for both heads.
+the target is float ``(N, 1, H, W)`` in {0, 1}; for the softmax heads logits are
+``(N, C, H, W)`` and the target is int64 ``(N, H, W)`` of class indices (``two_class``: 0
+background / 1 cell; ``boundary``: 0 background / 1 interior / 2 boundary). Names that only
+make sense for one head are mapped to their counterpart for the others, so one recipe works
+for every head:
+
+* cross-entropy is binary for one logit and categorical for several;
+* soft Dice is the foreground's for one logit and, for a softmax, the mean over the
+  non-background classes (each pooled over the batch). For two classes that is the cell
+  class alone, as before; for the boundary head it is the mean of the interior's and the
+  boundary's Dice, so the thin boundary class, a few percent of the pixels, weighs as much as
+  the interior. The background is left out: its Dice is close to 1 on any sensible output
+  and would only dilute the gradient.
+
+So the default ``bce_dice`` on a boundary head is categorical cross-entropy + that
+two-class-mean soft Dice; no extra loss name is needed.
 """
 
 from __future__ import annotations
@@ -14,30 +26,34 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from celltune.models.build import foreground_probability
 from celltune.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: Registry[LossFn] = Registry("loss")
 
 
-def _foreground_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if logits.shape[1] == 1:
-        return target[:, 0].to(logits.dtype)
-    return (target == 1).to(logits.dtype)
+def _pooled_dice(prob: torch.Tensor, tgt: torch.Tensor, smooth: float) -> torch.Tensor:
+    inter = (prob * tgt).sum()
+    return (2.0 * inter + smooth) / (prob.sum() + tgt.sum() + smooth)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice of the foreground, pooled over the batch.
+    """1 - soft Dice, pooled over the batch.
 
-    Pooling over the batch (rather than averaging per image) keeps crops without any cell
-    from producing a large, noisy gradient.
+    One logit: the foreground's Dice. Several (softmax): the mean Dice of the classes
+    1..C-1, background excluded (one class for ``two_class``, interior and boundary for
+    ``boundary``). Pooling over the batch (rather than averaging per image) keeps crops
+    without any cell from producing a large, noisy gradient.
     """
-    prob = foreground_probability(logits)
-    tgt = _foreground_target(logits, target).float()
-    inter = (prob * tgt).sum()
-    denom = prob.sum() + tgt.sum()
-    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+    if logits.shape[1] == 1:
+        prob = torch.sigmoid(logits.float()[:, 0])
+        return 1.0 - _pooled_dice(prob, target[:, 0].float(), smooth)
+    probs = torch.softmax(logits.float(), dim=1)
+    scores = [
+        _pooled_dice(probs[:, c], (target == c).float(), smooth)
+        for c in range(1, logits.shape[1])
+    ]
+    return 1.0 - torch.stack(scores).mean()
 
 
 def _pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -63,10 +79,13 @@ def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _pixel_ce(logits, target).mean()
 
 
-LOSSES.register("bce_dice", description="cross-entropy + soft Dice (default)")(bce_dice_loss)
+LOSSES.register(
+    "bce_dice",
+    description="cross-entropy + soft Dice (default; boundary head: Dice of interior and boundary)",
+)(bce_dice_loss)
 LOSSES.register("ce_dice", description="alias of bce_dice")(bce_dice_loss)
 LOSSES.register("dice", description="soft Dice only")(soft_dice_loss)
-LOSSES.register("bce", description="binary cross-entropy (cross-entropy for two classes)")(
+LOSSES.register("bce", description="binary cross-entropy (cross-entropy for softmax heads)")(
     ce_loss
 )
 LOSSES.register("ce", description="cross-entropy (binary cross-entropy for one logit)")(ce_loss)

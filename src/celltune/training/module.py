@@ -157,8 +157,11 @@ class SegmentationModule(L.LightningModule):
 
 
 def _truth(target: torch.Tensor) -> torch.Tensor:
-    """Boolean foreground of a ``(1, 1, H, W)`` binary or ``(1, H, W)`` class target."""
-    return (target[0, 0] > 0.5) if target.dim() == 4 else (target[0] == 1)
+    """Boolean foreground of a ``(1, 1, H, W)`` binary or ``(1, H, W)`` class target.
+
+    Every class but the background is foreground (the boundary head's interior and boundary).
+    """
+    return (target[0, 0] > 0.5) if target.dim() == 4 else (target[0] > 0)
 
 
 def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
