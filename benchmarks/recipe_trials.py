@@ -48,14 +48,16 @@ def train(args: argparse.Namespace) -> None:
     if spec.get("derive"):
         # The trial of proposed rules: training derives them like the applied ones.
         derive.DERIVED_FIELDS = (*derive.DERIVED_FIELDS, *spec["derive"])
-    out = Path(args.out) / args.variant
+    # Another recipe (more seeds of the plain loop) trains into the bench folder itself.
+    out = Path(args.out) / args.variant if args.recipe == "celltune" else Path(args.out)
     root = Path(args.data).expanduser().resolve()
     splits, _ = prepare_split(root, out, split_file=args.split)
     settings = BenchSettings(minutes=args.minutes, celltune=spec["overrides"])
     for seed in [int(s) for s in args.seeds.split(",")]:
-        record = run_training("celltune", seed, splits, root, out, settings)
-        dice = np.mean([r["dice"] for r in record["scores"]["celltune"]])
-        print(f"{args.variant} seed {seed}: Dice {dice:.3f}, trained "
+        record = run_training(args.recipe, seed, splits, root, out, settings)
+        variant = record["variants"][-1]
+        dice = np.mean([r["dice"] for r in record["scores"][variant]])
+        print(f"{args.recipe} {args.variant} seed {seed}: {variant} Dice {dice:.3f}, trained "
               f"{record['train_seconds'] / 60:.2f} min", flush=True)
 
 
@@ -75,6 +77,7 @@ def compare_variants(args: argparse.Namespace) -> None:
     out, base = Path(args.out), Path(args.baseline)
     records = _records(base, "celltune", {"celltune": "before"})
     records += _records(base, "plain_smp", {})
+    records += _records(base, "cellpose", {})
     records = [r for r in records if "plain_smp@0.5" not in r["variants"]] + [
         {**r, "variants": ["plain_smp@val"]} for r in records if "plain_smp@0.5" in r["variants"]]
     for variant in VARIANTS:
@@ -92,7 +95,7 @@ def compare_variants(args: argparse.Namespace) -> None:
             continue
         print(f"| {pair['a']} - {pair['b']} | {pair['metric']} | {pair['mean_diff']:+.3f} | "
               f"[{pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}] | {pair['p_holm']:.3g} | "
-              f"{pair['better']} |")
+              f"{pair.get(pair['better'], pair['better'])} |")
 
 
 def main() -> None:
@@ -102,7 +105,9 @@ def main() -> None:
     t.add_argument("data")
     t.add_argument("--split", required=True)
     t.add_argument("--out", required=True)
-    t.add_argument("--variant", choices=list(VARIANTS), required=True)
+    t.add_argument("--variant", choices=list(VARIANTS), default="default")
+    t.add_argument("--recipe", default="celltune",
+                   help="celltune (the variant), or plain_smp to add seeds to a bench folder")
     t.add_argument("--seeds", default="0,1,2")
     t.add_argument("--minutes", type=float, default=3.0)
     c = sub.add_parser("compare", help="compare the variants trained so far")

@@ -72,6 +72,6 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 def test_train_offers_the_derived_settings_as_options():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for option in ("--val", "--filter", "--channels", "--crop"):
+    for option in ("--val", "--filter", "--channels", "--crop", "--resize", "--max-time"):
         assert option in result.output
     assert "derived from the training images" in result.output

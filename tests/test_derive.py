@@ -148,14 +148,15 @@ def test_a_time_budget_leaves_epochs_unset_and_a_users_epochs_win():
 
 def test_derive_config_fills_only_what_was_not_given():
     cfg = RunConfig.model_validate({"data": {"root": "/data", "filter": "study", "crop": 128}})
-    assert unset_fields(cfg.data) == ("val",)
+    assert unset_fields(cfg.data) == ("val", "resize")
     fp = fingerprint(colour_images=40, foreground_fraction=0.05)
     derived, reasons = derive_config(cfg, fp)
     assert (derived.data.filter, derived.data.crop) == ("study", 128)  # given values kept
     assert derived.data.val == 6
     # Recipe proposals are not applied before their benchmark: the defaults stay.
     assert (derived.data.channels, derived.data.foreground_sampling) == (1, 0.0)
-    assert set(reasons) == {"data.val"}
+    assert set(reasons) == {"data.val", "data.resize"}
+    assert derived.data.resize is None  # 20 px objects are not rescaled
     assert derived.derived == reasons and unset_fields(derived.data) == ()
     # Derived values count as set: deriving again changes nothing.
     assert derive_config(derived, fingerprint()) == (derived, {})
@@ -164,12 +165,22 @@ def test_derive_config_fills_only_what_was_not_given():
         "resize": None}
 
 
+def test_large_objects_are_rescaled_by_training_and_the_reason_recorded():
+    cfg = RunConfig.model_validate({"data": {"root": "/data"}})
+    derived, reasons = derive_config(cfg, fingerprint(object_diameter=96.0))
+    assert derived.data.resize == 0.333
+    assert "96 px across" in reasons["data.resize"]
+    given = RunConfig.model_validate({"data": {"root": "/data", "resize": 0.5}})
+    assert derive_config(given, fingerprint(object_diameter=96.0))[0].data.resize == 0.5
+
+
 def test_configs_that_set_everything_are_unchanged():
     for name in ("demo", "neurips"):
         study = load_study_config(packaged_config(name))
         for row in study.rows:
             cfg = study.run_config(row)
-            assert derive_config(cfg, fingerprint(colour_images=40)) == (cfg, {})
+            big = fingerprint(colour_images=40, object_diameter=90.0)
+            assert derive_config(cfg, big) == (cfg, {})
     assert load_study_config(packaged_config("neurips")).defaults.data.filter == "study"
 
 
@@ -177,7 +188,7 @@ def test_a_yaml_leaves_unset_what_it_does_not_mention(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"data": {"crop": 128}, "train": {"epochs": 2}}))
     cfg = run_config_with_overrides(path, {"data.val": 0.2, "data.filter": None})
-    assert unset_fields(cfg.data) == ("filter",)
+    assert unset_fields(cfg.data) == ("filter", "resize")
     assert (cfg.data.crop, cfg.data.val, cfg.train.epochs) == (128, 0.2, 2)
 
 
@@ -223,7 +234,8 @@ def test_a_png_folder_trains_without_filter_and_config_records_why(tmp_path):
     saved = yaml.safe_load(RunDir(tmp_path / "run").config_path.read_text())
     assert saved["data"]["filter"] == "all" and saved["data"]["val"] == 2
     assert saved["data"]["channels"] == 1 and saved["data"]["crop"] == 256
-    assert set(saved["derived"]) == {"data.filter", "data.val"}
+    assert set(saved["derived"]) == {"data.filter", "data.val", "data.resize"}
+    assert saved["data"]["resize"] is None  # small synthetic cells are not rescaled
     assert saved["derived"]["data.val"].startswith("2 of 11 images")
     assert RunDir(tmp_path / "run").fingerprint_path.is_file()
     assert RunDir(tmp_path / "run").read_config() == result.config
@@ -273,9 +285,11 @@ def test_cli_val_flag_and_derived_settings(tmp_path):
                                       "data": {"samples_per_epoch": 4}}))
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", str(config), "--data", str(tmp_path / "png"),
-                                      "--val", "3", "--out", str(out), "--no-evaluate"])
+                                      "--val", "3", "--resize", "1", "--out", str(out),
+                                      "--no-evaluate"])
     assert result.exit_code == 0, result.output
     saved = RunDir(out).read_config()
-    assert saved.data.val == 3 and saved.data.filter == "all"
+    assert saved.data.val == 3 and saved.data.filter == "all" and saved.data.resize == 1.0
     assert "data.val" not in saved.derived and "data.filter" in saved.derived
+    assert "data.resize" not in saved.derived  # given: rescaling off
     assert RunDir(out).read_splits().counts()["val"] == 3

@@ -119,7 +119,7 @@ def train(
     batch_size: Annotated[int | None, Opt(help="Crops per batch.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (AdamW).")] = None,
     crop: Annotated[int | None, Opt(
-        help="Training crop side (multiple of 32); default from image and object size.")] = None,
+        help="Training crop side (multiple of 32); default 256.")] = None,
     patience: Annotated[
         int | None, Opt(help="Stop after this many epochs without val Dice gain.")
     ] = None,
@@ -129,7 +129,10 @@ def train(
         help="Validation images: a count (4) or a share (0.2); default about 15%, 2 to 20.")
     ] = None,
     channels: Annotated[int | None, Opt(
-        help="1 (grayscale) or 3 (RGB); default 3 when colour carries information.")] = None,
+        help="1 (grayscale, default) or 3 (RGB).")] = None,
+    resize: Annotated[float | None, Opt(
+        help="Rescale images on load (1 = off); default: objects wider than 48 px to 32 px.")
+    ] = None,
     seed: Annotated[int | None, Opt(help="Seed for splits, crops, init.")] = None,
     accelerator: Annotated[str | None, Opt(help="auto, cpu, gpu.")] = None,
     devices: Annotated[str | None, Opt(help="Devices per node (auto or a count).")] = None,
@@ -158,15 +161,15 @@ def train(
 
       celltune train --out runs/unet --resume
 
-    Settings not given (filter, validation images, channels, crop, foreground sampling) are
-    derived from the training images and saved with their reasons in the run's config.yaml.
+    Settings not given (filter, validation images, rescaling, epochs) are
+    derived from the training images and saved with their reasons in config.yaml.
     """
     from celltune.config import run_config_with_overrides
     from celltune.workflows.run import run_pipeline
 
     overrides = {
         "data.root": data, "data.filter": filter, "data.val": val, "data.channels": channels,
-        "data.crop": crop,
+        "data.crop": crop, "data.resize": resize,
         "model.name": model, "model.weights": weights, "model.head": head,
         "model.encoder": encoder, "train.epochs": epochs, "train.max_time": max_time,
         "train.batch_size": batch_size, "train.lr": lr, "train.loss": loss, "train.aug": aug,

@@ -4,13 +4,13 @@ Every rule is a pure function of a :class:`~celltune.data.fingerprint.Fingerprin
 user's value, which always wins). :func:`derive_config` fills the data settings a run config
 left unset and records why in its ``derived`` section, which is saved in the run's config.
 
-Two kinds of rule. :data:`DERIVED_FIELDS` (the filter and the validation count) decide which
-images a run trains and validates on; training applies them. :data:`PROPOSED_FIELDS` (input
-channels, crop side, foreground sampling) change the recipe itself; by the benchmark protocol
-(BENCHMARKS.md) a recipe default changes only on development-set evidence, which has not been
-measured for these yet, so ``celltune data summary`` shows what they would choose and
-training leaves them at their defaults until ``celltune bench`` on the development sets
-confirms each one.
+Two kinds of rule. :data:`DERIVED_FIELDS` (the filter, the validation count, the rescaling of
+large objects) are applied by training. :data:`PROPOSED_FIELDS` (input channels, crop side,
+foreground sampling) would change the recipe too; by the benchmark protocol (BENCHMARKS.md)
+a recipe default changes only on development-set evidence, and their trials did not give it,
+so ``celltune data summary`` shows what they would choose and training leaves them at their
+defaults. (The training length, ``train.epochs``, is derived from the training-image count
+by :func:`derive_training`.)
 
 "Unset" means not given: not in the YAML file, not on the command line, not in the mapping
 the config was validated from (pydantic's ``model_fields_set``). A config read back from a
@@ -39,11 +39,13 @@ VAL_SHARE, VAL_MIN, VAL_MAX = 0.15, 2, 20
 CROP_DEFAULT, CROP_MIN, CROP_MAX, CROP_DIAMETERS = 256, 128, 512, 4
 #: Objects covering less than this share of the pixels are sparse: crops are aimed at them.
 SPARSE_FOREGROUND, FOREGROUND_SAMPLING = 0.1, 0.5
-#: Data settings that training derives when unset, in the order they are derived.
-DERIVED_FIELDS = ("filter", "val")
+#: Data settings that training derives when unset, in the order they are derived. ``resize``
+#: joined after its dev-set trial (BENCHMARKS.md, "Recipe changes").
+DERIVED_FIELDS = ("filter", "val", "resize")
 #: Recipe settings the rules propose (shown by `celltune data summary`) but training does not
-#: apply yet: each waits for its development-set benchmark.
-PROPOSED_FIELDS = ("channels", "crop", "foreground_sampling", "resize")
+#: apply: their dev-set trials did not show a gain (channels) or showed a loss (crop with
+#: foreground sampling); BENCHMARKS.md has the numbers.
+PROPOSED_FIELDS = ("channels", "crop", "foreground_sampling")
 #: Objects wider than SHRINK_ABOVE px (median) are scaled to DIAMETER_TARGET px on load.
 DIAMETER_TARGET, SHRINK_ABOVE = 32, 48
 _GIVEN = "given"
