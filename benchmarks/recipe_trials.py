@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fgcrop": {"overrides": {}, "derive": ("crop", "foreground_sampling")},
     "rescale": {"overrides": {}, "derive": ("resize",)},
     "lr2e-3": {"overrides": {"train": {"lr": 2e-3}}},
+    "boundary": {"overrides": {"model": {"head": "boundary"}}},
 }
 
 

@@ -184,6 +184,27 @@ def test_semantic_recipes_end_to_end_never_see_test_images(data, tmp_path, monke
     assert "| celltune - plain_smp@val | dice |" in render_markdown(result)
 
 
+def test_an_instance_head_is_scored_with_its_own_decoding(data, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import celltune.inference.predict as predict
+
+    decoded = []
+    original = predict.instances_from_classes_tiled
+
+    def spy(*args, **kwargs):
+        decoded.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "instances_from_classes_tiled", spy)
+    boundary = replace(TINY, celltune={**TINY.celltune, "model": {"head": "boundary"}})
+    result = run_benchmark(data, tmp_path / "out", recipes=["celltune"], seeds=[0],
+                           minutes=MINUTES, settings=boundary)
+    n_test = result.split["counts"]["test"]
+    assert len(decoded) == n_test and all(shape[0] == 3 for shape in decoded)
+    assert 0.0 <= result.summary["celltune"]["f1"]["mean"] <= 1.0
+
+
 def test_plan_epochs_fits_the_budget():
     from celltune.workflows.bench_cellpose import plan_epochs
 

@@ -72,13 +72,21 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 # --- recipes ---------------------------------------------------------------------------------
 def _semantic(predictor: Any, thresholds: dict[str, float]) -> Segment:
-    """Probability map once per image; a mask and watershed cells per threshold."""
+    """Probabilities once per image; a mask and cells per threshold.
+
+    Cells come from the distance-transform watershed of the mask, or, for an instance-aware
+    head, from the predictor's own decoding of its class probabilities.
+    """
     def segment(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        prob = predictor.predict_proba(image)
+        pred = predictor.predict(image)
         out = {}
         for variant, threshold in thresholds.items():
-            mask = prob >= threshold
-            out[variant] = (mask, label_instances_tiled(mask, method="watershed"))
+            mask = pred.probability >= threshold
+            if pred.classes is None:
+                cells = label_instances_tiled(mask, method="watershed")
+            else:
+                cells = predictor.with_options(threshold=threshold).label(mask, pred.classes)
+            out[variant] = (mask, cells)
         return out
 
     return segment
