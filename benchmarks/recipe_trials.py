@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fgcrop": {"overrides": {}, "derive": ("crop", "foreground_sampling")},
     "rescale": {"overrides": {}, "derive": ("resize",)},
     "lr2e-3": {"overrides": {"train": {"lr": 2e-3}}},
+    "aug1": {"overrides": {"train": {"aug": "aug1"}}},
     "boundary": {"overrides": {"model": {"head": "boundary"}}},
 }
 
