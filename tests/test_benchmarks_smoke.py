@@ -149,3 +149,31 @@ def test_precision_key_matches_the_peak_each_path_runs_at(common):
     # cuDNN runs fp32 convolutions in TF32 unless told otherwise.
     expected = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
     assert common.precision_key("32-true", cuda) == expected
+
+
+def _scores(folder: Path, recipe: str, seed: int, variants: dict[str, list[float]]) -> None:
+    import json
+
+    path = folder / "runs" / recipe / f"seed{seed}" / "scores.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scores = {v: [{"name": f"img{i}", "dice": d, "iou": d, "f1": d} for i, d in enumerate(ds)]
+              for v, ds in variants.items()}
+    path.write_text(json.dumps({"recipe": recipe, "seed": seed, "variants": list(variants),
+                                "train_seconds": 180.0, "scores": scores}))
+
+
+def test_recipe_trials_compare_pairs_a_variant_with_the_baseline(tmp_path, capsys):
+    import argparse
+
+    trials = _load("recipe_trials")
+    base, out = tmp_path / "bench", tmp_path / "trials"
+    for seed in range(3):
+        _scores(base, "celltune", seed, {"celltune": [0.5 + 0.01 * i for i in range(8)]})
+        _scores(base, "plain_smp", seed, {"plain_smp@0.5": [0.2] * 8, "plain_smp@val": [0.3] * 8})
+        _scores(out / "rescale", "celltune", seed, {"celltune": [0.8 + 0.01 * i for i in range(8)]})
+    trials.compare_variants(argparse.Namespace(out=str(out), baseline=str(base)))
+    printed = capsys.readouterr().out
+    assert "| rescale | 0.835 (0.835-0.835) |" in printed
+    assert "plain_smp@0.5" not in printed  # the loop is compared at its validation threshold
+    row = next(ln for ln in printed.splitlines() if ln.startswith("| before - rescale | dice"))
+    assert "-0.300" in row and row.rstrip(" |").endswith("rescale")
