@@ -181,3 +181,12 @@ def test_last_checkpoint_is_written_at_most_once_a_period_and_at_the_end(monkeyp
         every_epoch.on_train_epoch_end(trainer, None)
         periodic.on_train_epoch_end(trainer, None)
     assert writes == [0, 1, 2, 3, 4, 4]  # every epoch; the periodic one only at the stop
+
+
+def test_epochs_null_without_a_budget_is_derived_not_endless(forty_images):
+    from celltune.data.derive import derive_training
+
+    config = _config(forty_images, epochs=None)  # given as null, no max_time
+    assert derive_training(config, n_train=34)[0].train.epochs == 59
+    budgeted = _config(forty_images, epochs=None, max_time=2)
+    assert derive_training(budgeted, n_train=34)[0].train.epochs is None

@@ -203,8 +203,12 @@ def training_epochs(n_train: int, samples_per_epoch: int | None, max_time: float
 
 
 def derive_training(config: RunConfig, n_train: int) -> tuple[RunConfig, dict[str, str]]:
-    """``config`` with ``train.epochs`` derived when unset, and the reason recorded."""
-    if "epochs" in config.train.model_fields_set:
+    """``config`` with ``train.epochs`` derived when unset, and the reason recorded.
+
+    ``epochs: null`` without a time budget would train forever; it is derived like unset.
+    """
+    t = config.train
+    if "epochs" in t.model_fields_set and (t.epochs is not None or t.max_time is not None):
         return config, {}
     choice = training_epochs(n_train, config.data.samples_per_epoch, config.train.max_time)
     reasons = {"train.epochs": choice.reason}
