@@ -306,7 +306,10 @@ def hold_out(shuffled: list[Sample], count: int) -> tuple[list[Sample], list[Sam
             rest += members
     if not taken:
         largest = max(groups.values(), key=lambda m: (len(m), m[0].name))
-        block = set(_sorted(largest)[-min(count, len(largest) - 1):])
+        size = min(count, len(largest) - 1)
+        if size < 1:  # nothing can be held out whole; fall back to single images
+            return shuffled[:count], shuffled[count:]
+        block = set(_sorted(largest)[-size:])
         taken = [s for s in shuffled if s in block]
         rest = [s for s in shuffled if s not in block]
     return taken, rest
