@@ -15,13 +15,11 @@ import numpy as np
 import torch
 
 from celltune.config import ModelConfig, TrainConfig
+from celltune.data.derive import EPOCHS_DEFAULT
 from celltune.evaluation.metrics import Counts, dice
 from celltune.inference.tiling import predict_tiled
 from celltune.models.build import build_network, foreground_probability
 from celltune.training.losses import build_loss
-
-#: Epochs when neither the config nor a time budget says (a bare module, as in tests).
-DEFAULT_EPOCHS = 40
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -152,7 +150,8 @@ class SegmentationModule(L.LightningModule):
         """The step the schedule anneals to: the time budget's plan, else the epochs'."""
         if self.planned_steps is not None:
             return max(1, int(self.planned_steps))
-        epochs = self.train_cfg.epochs or DEFAULT_EPOCHS
+        # A bare module (no derived epochs, no budget) uses the epochs rule's floor.
+        epochs = self.train_cfg.epochs or EPOCHS_DEFAULT
         return max(1, epochs * self.steps_per_epoch)
 
 
