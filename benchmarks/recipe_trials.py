@@ -54,12 +54,16 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out) / args.variant if args.recipe == "celltune" else Path(args.out)
     root = Path(args.data).expanduser().resolve()
     splits, _ = prepare_split(root, out, split_file=args.split)
-    settings = BenchSettings(minutes=args.minutes, celltune=spec["overrides"])
+    # celltune@untuned scores the same network with the instance step's defaults.
+    settings = BenchSettings(minutes=args.minutes, celltune=spec["overrides"],
+                             untuned_instances=True)
     for seed in [int(s) for s in args.seeds.split(",")]:
         record = run_training(args.recipe, seed, splits, root, out, settings)
-        variant = record["variants"][-1]
-        dice = np.mean([r["dice"] for r in record["scores"][variant]])
-        print(f"{args.recipe} {args.variant} seed {seed}: {variant} Dice {dice:.3f}, trained "
+        scores = ", ".join(
+            f"{v} Dice {np.mean([r['dice'] for r in rows]):.3f} "
+            f"F1 {np.mean([r['f1'] for r in rows]):.3f}"
+            for v, rows in record["scores"].items())
+        print(f"{args.recipe} {args.variant} seed {seed}: {scores}, trained "
               f"{record['train_seconds'] / 60:.2f} min", flush=True)
 
 
@@ -83,7 +87,8 @@ def compare_variants(args: argparse.Namespace) -> None:
     records = [r for r in records if "plain_smp@0.5" not in r["variants"]] + [
         {**r, "variants": ["plain_smp@val"]} for r in records if "plain_smp@0.5" in r["variants"]]
     for variant in VARIANTS:
-        records += _records(out / variant, "celltune", {"celltune": variant})
+        records += _records(out / variant, "celltune",
+                            {"celltune": variant, "celltune@untuned": f"{variant}@untuned"})
     names = [row["name"] for row in next(iter(records[0]["scores"].values()))]
     summary = summarize(records, names)
     print("| variant | test Dice | test F1@0.5 | training min | seeds |\n|---|---|---|---|---|")

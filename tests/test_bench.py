@@ -188,6 +188,7 @@ def test_an_instance_head_is_scored_with_its_own_decoding(data, tmp_path, monkey
     from dataclasses import replace
 
     import celltune.inference.predict as predict
+    from celltune.evaluation.postprocess import SEED_GRID
 
     decoded = []
     original = predict.instances_from_classes_tiled
@@ -200,8 +201,10 @@ def test_an_instance_head_is_scored_with_its_own_decoding(data, tmp_path, monkey
     boundary = replace(TINY, celltune={**TINY.celltune, "model": {"head": "boundary"}})
     result = run_benchmark(data, tmp_path / "out", recipes=["celltune"], seeds=[0],
                            minutes=MINUTES, settings=boundary)
-    n_test = result.split["counts"]["test"]
-    assert len(decoded) == n_test and all(shape[0] == 3 for shape in decoded)
+    # Each validation image once per seed threshold of the instance sweep, then each test image.
+    n_test, n_val = result.split["counts"]["test"], result.split["counts"]["val"]
+    assert len(decoded) == n_val * len(SEED_GRID) + n_test
+    assert all(shape[0] == 3 for shape in decoded)
     assert 0.0 <= result.summary["celltune"]["f1"]["mean"] <= 1.0
 
 

@@ -81,13 +81,19 @@ def test_exported_graph_contains_the_input_normalisation(
 
 def test_metadata_says_what_the_input_needs(run: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    result = export_run(run, format="onnx", out=tmp_path / "deploy" / "cells.onnx")
+    tuned = {"method": "watershed", "h": 4.0, "min_size": 9}
+    (run / "postprocess.json").write_text(json.dumps({"best": tuned}))
+    try:
+        result = export_run(run, format="onnx", out=tmp_path / "deploy" / "cells.onnx")
+    finally:
+        (run / "postprocess.json").unlink()
     assert result.metadata_path == tmp_path / "deploy" / "cells.json"
     meta = json.loads(result.metadata_path.read_text())
     defaults = inspect.signature(normalize).parameters
     assert meta["normalization"]["low"] == defaults["low"].default == 1.0
     assert meta["normalization"]["high"] == defaults["high"].default == 99.8
     assert meta["threshold"] == pytest.approx(0.37)
+    assert meta["instances"] == tuned  # the run's tuned instance step travels along
     assert (meta["head"], meta["model"], meta["file"]) == ("binary", "unet", "cells.onnx")
     assert meta["input"]["channels"] == 1 and meta["input"]["size_divisor"] == 32
     assert meta["input"]["dynamic_axes"] == ["batch", "height", "width"]

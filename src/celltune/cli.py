@@ -200,8 +200,9 @@ def evaluate(
     run: Annotated[Path, Arg(help="Run folder made by `celltune train`.")],
     data: Annotated[Path | None, Opt(help="Dataset root; omitted = the run's own splits.")] = None,
     split: Annotated[str, Opt(help="train, val or test.")] = "test",
-    instances: Annotated[str, Opt(help="Instance method for F1: watershed or components.")
-                         ] = "watershed",
+    instances: Annotated[str | None, Opt(
+        help="Instance method for F1: watershed or components (default: the run's tuned step).")
+    ] = None,
 ) -> None:
     """Score a trained run on a split: Dice, IoU (per image and pooled, 95% CI), instance F1.
 
@@ -221,7 +222,9 @@ def evaluate(
     console.print(
         f"{split}: {s['n_images']} images, threshold {s['threshold']:.2f}: Dice {s['dice']:.3f} "
         f"[95% CI {lo:.3f}-{hi:.3f}], IoU {s['iou']:.3f}, pooled Dice {s['dice_pooled']:.3f}, "
-        f"F1@0.5 {s['f1_iou50']:.3f}"
+        f"F1@0.5 {s['f1_iou50']:.3f} (median {s['f1_iou50_median']:.3f}, precision "
+        f"{s['precision_iou50']:.3f}, recall {s['recall_iou50']:.3f}), F1@0.5:0.9 "
+        f"{s['f1_mean_50_90']:.3f}, cell count error {100 * s['count_error_relative']:.0f}%"
     )
     console.print(s["empty_rule"])
     for failure in s["failures"]:

@@ -28,9 +28,11 @@ def predict(
     ] = None,
     batch_size: Annotated[int | None, Opt(help="Tiles per forward pass; bounds memory.")] = None,
     tta: Annotated[bool, Opt(help="Average over 4 flips (4x slower).")] = False,
-    instances: Annotated[str, Opt(help="Instance labels: watershed, components or none.")
-                         ] = "watershed",
-    min_size: Annotated[int, Opt(help="Smallest cell kept, in pixels.")] = 16,
+    instances: Annotated[str | None, Opt(
+        help="Instance labels: watershed, components or none (default: the run's tuned step).")
+    ] = None,
+    min_size: Annotated[int | None, Opt(
+        help="Smallest cell kept, in pixels (default: the run's tuned value).")] = None,
     save_prob: Annotated[
         bool, Opt(help="Also write <stem>_prob.tif (float32 probability).")
     ] = False,

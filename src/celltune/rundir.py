@@ -11,9 +11,10 @@ re-evaluate the run)::
       checkpoints/best.ckpt, last.ckpt
       metrics.csv            one row per epoch
       threshold.json         the validation sweep and the chosen threshold
+      postprocess.json       the instance step's parameters, chosen on validation by F1
       done.json              written last: the run is finished
       eval/<split>/summary.json, per_image.csv, masks/<image>.png
-      plots/loss.png, threshold.png
+      plots/loss.png, threshold.png, postprocess.png
 
 A study folder holds one run folder per row, ``study.yaml``, ``results.md``,
 ``results.csv``, ``report.html`` and ``plots/``. A benchmark folder (:class:`BenchDir`) holds
@@ -104,6 +105,10 @@ class RunDir:
         return self.path / "threshold.json"
 
     @property
+    def postprocess_path(self) -> Path:
+        return self.path / "postprocess.json"
+
+    @property
     def done_path(self) -> Path:
         return self.path / "done.json"
 
@@ -131,6 +136,10 @@ class RunDir:
     @property
     def threshold_plot(self) -> Path:
         return self.plots_dir / "threshold.png"
+
+    @property
+    def postprocess_plot(self) -> Path:
+        return self.plots_dir / "postprocess.png"
 
     @property
     def export_dir(self) -> Path:
@@ -207,6 +216,27 @@ class RunDir:
         """Write a :class:`~celltune.evaluation.threshold.ThresholdResult` (its JSON)."""
         return write_text(self.threshold_path, result.to_json())
 
+    def read_postprocess(self) -> dict[str, Any]:
+        """The tuned instance parameters (``best`` of ``postprocess.json``); empty before a
+        tuning, when the defaults apply."""
+        curve = self.read_postprocess_curve()
+        if curve is None:
+            return {}
+        best = curve.get("best")
+        if not isinstance(best, dict):
+            raise RunError(f"{self.postprocess_path}: has no 'best' parameters; rerun the run.")
+        return best
+
+    def read_postprocess_curve(self) -> dict[str, Any] | None:
+        """The whole post-processing sweep (for figures), or None before one was made."""
+        if not self.postprocess_path.is_file():
+            return None
+        return _read_json(self.postprocess_path, "rerun `celltune evaluate` with --retune")
+
+    def write_postprocess(self, result: Any) -> Path:
+        """Write a :class:`~celltune.evaluation.postprocess.PostprocessResult` (its JSON)."""
+        return write_text(self.postprocess_path, result.to_json())
+
     def is_done(self) -> bool:
         return self.done_path.is_file()
 
@@ -242,13 +272,15 @@ class RunDir:
         return write_text(self.summary_path(split), json.dumps(summary, indent=2) + "\n")
 
     def read_per_image(self, split: str = "test") -> list[dict[str, Any]]:
-        """Per-image rows: ``name`` as text, every other column as a float."""
+        """Per-image rows: ``name`` as text, every other column as a float (an empty cell, a
+        column an older celltune did not write, as NaN)."""
         path = self.per_image_path(split)
         if not path.is_file():
             raise RunError(f"{path}: not found; run `celltune evaluate {self.path}` first.")
         with path.open(newline="", encoding="utf-8") as fh:
             return [
-                {k: (v if k == "name" else float(v)) for k, v in row.items()}
+                {k: (v if k == "name" else float(v) if v not in ("", None) else math.nan)
+                 for k, v in row.items()}
                 for row in csv.DictReader(fh)
             ]
 

@@ -30,16 +30,26 @@ from celltune.evaluation.metrics import (
     pooled_dice,
     pooled_iou,
 )
+from celltune.evaluation.postprocess import (
+    PostprocessResult,
+    PostprocessSweep,
+    cell_areas,
+    default_params,
+    grids,
+    median_cell_area,
+)
 from celltune.evaluation.stats import bootstrap_ci
 from celltune.evaluation.threshold import ThresholdAccumulator, ThresholdResult
-from celltune.inference.predict import Prediction, Predictor
+from celltune.inference.predict import SEEDED_HEADS, Prediction, Predictor
 from celltune.io import read_image, read_label, to_binary
 from celltune.rundir import RunDir
 
 PER_IMAGE_COLUMNS = (
     "name", "dice", "iou", "tp", "fp", "fn", "tn", "cells_true", "cells_pred",
-    "f1_iou50", "f1_mean_50_90",
+    "f1_iou50", "precision_iou50", "recall_iou50", "f1_mean_50_90", "count_error",
 )
+#: Per-image scores summarised with a mean and a bootstrap interval.
+SUMMARY_KEYS = ("dice", "iou", "f1_iou50", "precision_iou50", "recall_iou50", "f1_mean_50_90")
 
 
 def _progress(items: list[Any], description: str, enabled: bool) -> Iterator[Any]:
@@ -125,12 +135,69 @@ def choose_threshold(
     return result
 
 
+def choose_postprocess(
+    run: str | os.PathLike | RunDir,
+    *,
+    predictor: Predictor | None = None,
+    config: RunConfig | None = None,
+    progress: bool = True,
+) -> PostprocessResult:
+    """Sweep the instance step's parameters on validation and write ``postprocess.json``.
+
+    The predictor's threshold stays the mask threshold (call this after
+    :func:`choose_threshold`); the decoding parameter (``h`` or the seed threshold) and the
+    smallest cell kept are chosen by mean F1 at IoU 0.5 (:mod:`celltune.evaluation.postprocess`).
+    """
+    run = _run(run)
+    cfg = config or run.read_config()
+    predictor = predictor or Predictor.from_run(run, config=cfg)
+    val = run.read_splits().val
+    seeded = predictor.head in SEEDED_HEADS
+    area = _median_area(val)
+    candidates, sizes = grids(seeded, area)
+    sweep = PostprocessSweep(candidates, sizes, default_params(seeded))
+    failures: list[dict[str, str]] = []
+    for _, predicted, labels in _predictions(predictor.predict, val, "instance sweep",
+                                             progress, failures):
+        sweep.add(labels, _decoder(predictor, predicted))
+    if not len(sweep):
+        raise DataError(f"{run.path}: no readable validation images to tune the instances on.")
+    result = sweep.result(
+        head=predictor.head, parameter="seed_threshold" if seeded else "h",
+        median_cell_area=area, threshold=predictor.threshold,
+    )
+    run.write_postprocess(result)
+    return result
+
+
+def _median_area(samples: list[Sample]) -> float:
+    """Median cell area of the samples' label maps (unreadable ones are left out here and
+    reported by the sweep)."""
+    areas = []
+    for sample in samples:
+        try:
+            if sample.label is not None:
+                areas.append(cell_areas(read_label(sample.label)))
+        except CelltuneError:
+            continue
+    return median_cell_area(areas)
+
+
+def _decoder(predictor: Predictor, predicted: Prediction) -> Callable[[dict[str, Any]], np.ndarray]:
+    """Cells of one prediction for given decoding parameters, every size kept."""
+    def decode(params: dict[str, Any]) -> np.ndarray:
+        options = predictor.with_options(instances={**params, "min_size": 0})
+        return options.label(predicted.mask, predicted.classes)
+
+    return decode
+
+
 def evaluate_run(
     run: str | os.PathLike | RunDir,
     *,
     split: str = "test",
     data_root: str | os.PathLike | None = None,
-    instance_method: str = "watershed",
+    instance_method: str | None = None,
     bootstrap: int | None = None,
     progress: bool = True,
     save_masks: bool = True,
@@ -139,9 +206,11 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split``; returns the summary (also written to disk).
 
-    Instance scores use :meth:`Predictor.label`: ``instance_method="watershed"`` is the
-    boundary head's own decoding (interior seeds grown over the mask) for boundary runs and
-    the mask's distance-transform watershed for the other heads.
+    Instance scores use :meth:`Predictor.label` with the run's tuned instance parameters
+    (``postprocess.json``); ``instance_method`` (``"watershed"`` or ``"components"``)
+    overrides its method. ``"watershed"`` is the boundary head's own decoding (interior seeds
+    grown over the mask) for boundary runs and the mask's distance-transform watershed for
+    the other heads.
 
     ``predictor`` (with the run's chosen threshold) and ``config`` are the run's own when the
     caller has already loaded them.
@@ -152,10 +221,11 @@ def evaluate_run(
     if not samples:
         raise DataError(f"{run.path}: the {split} split has no images.")
     predictor = predictor or Predictor.from_run(run, config=cfg)
+    if instance_method is not None:
+        predictor = predictor.with_options(instances={"method": instance_method})
     failures: list[dict[str, str]] = []
     rows = [
-        _score_image(run, split, sample, predicted, labels, predictor, instance_method,
-                     save_masks)
+        _score_image(run, split, sample, predicted, labels, predictor, save_masks)
         for sample, predicted, labels in _predictions(predictor.predict, samples,
                                                       f"evaluate {split}", progress, failures)
     ]
@@ -167,7 +237,8 @@ def evaluate_run(
     summary = summarize_rows(rows, n_boot=n_boot, seed=cfg.train.seed)
     summary.update({
         "split": split, "threshold": predictor.threshold, "head": cfg.model.head,
-        "model": cfg.model.name, "instance_method": instance_method,
+        "model": cfg.model.name, "instance_method": predictor.instance_method,
+        "instances": predictor.instance_params(),
         "data_root": str(data_root or cfg.data.root), "failures": failures,
     })
     run.write_per_image(split, rows, PER_IMAGE_COLUMNS)
@@ -177,24 +248,25 @@ def evaluate_run(
 
 def _score_image(
     run: RunDir, split: str, sample: Sample, predicted: Prediction, labels: np.ndarray,
-    predictor: Predictor, instance_method: str, save_mask: bool,
+    predictor: Predictor, save_mask: bool,
 ) -> dict[str, Any]:
     """One image's row of ``per_image.csv``; its mask is saved on the way.
 
-    Cells come from :meth:`Predictor.label`: the boundary head's own decoding (interior
-    seeds grown over the mask) for ``watershed``, the mask's watershed for other heads.
+    Cells come from :meth:`Predictor.label` with the predictor's instance parameters.
     """
     mask = predicted.mask
     counts = confusion(mask, to_binary(labels))
     # F1 at IoU 0.5, 0.55, ..., 0.9; the first entry is the challenge's F1.
-    cells = predictor.label(mask, predicted.classes, method=instance_method)
+    cells = predictor.label(mask, predicted.classes)
     inst = instance_scores(labels, cells)
     if save_mask:
         run.write_mask(split, sample.name, mask)
     return {
         "name": sample.name, "dice": dice(counts), "iou": iou(counts), **counts._asdict(),
         "cells_true": inst["n_gt"], "cells_pred": inst["n_pred"],
-        "f1_iou50": inst["f1"][0], "f1_mean_50_90": inst["mean_f1"],
+        "f1_iou50": inst["f1"][0], "precision_iou50": inst["precision"][0],
+        "recall_iou50": inst["recall"][0], "f1_mean_50_90": inst["mean_f1"],
+        "count_error": inst["n_pred"] - inst["n_gt"],
     }
 
 
@@ -202,7 +274,9 @@ def summarize_rows(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0
     """Means, pooled scores and bootstrap 95% confidence intervals of per-image rows."""
     counts = np.array([[r["tp"], r["fp"], r["fn"], r["tn"]] for r in rows], dtype=np.int64)
     summary: dict[str, Any] = {"n_images": len(rows), "empty_rule": EMPTY_RULE}
-    for key in ("dice", "iou", "f1_iou50", "f1_mean_50_90"):
+    for key in SUMMARY_KEYS:
+        if key not in rows[0]:
+            continue
         values = np.array([r[key] for r in rows], dtype=np.float64)
         summary[key] = float(values.mean())
         if n_boot and len(values) > 1:
@@ -210,6 +284,13 @@ def summarize_rows(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0
             summary[f"{key}_ci95"] = [float(low), float(high)]
         else:
             summary[f"{key}_ci95"] = [math.nan, math.nan]
+    if "f1_iou50" in rows[0]:
+        summary["f1_iou50_median"] = float(np.median([r["f1_iou50"] for r in rows]))
+    if "count_error" in rows[0]:
+        errors = np.array([r["count_error"] for r in rows], dtype=np.float64)
+        true = np.array([r["cells_true"] for r in rows], dtype=np.float64)
+        summary["count_error_mean_abs"] = float(np.abs(errors).mean())
+        summary["count_error_relative"] = float(np.abs(errors).sum() / max(true.sum(), 1.0))
     summary["dice_pooled"] = float(pooled_dice(counts))
     summary["iou_pooled"] = float(pooled_iou(counts))
     return summary

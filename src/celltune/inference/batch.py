@@ -131,19 +131,24 @@ class BatchResult:
 class OutputOptions:
     """Which files to write per image, and how to label instances."""
 
-    instances: str = "watershed"
-    min_size: int = 16
+    instances: str | None = None
+    min_size: int | None = None
     save_prob: bool = False
     overlay: bool = True
 
     def __post_init__(self) -> None:
-        if self.instances not in INSTANCE_METHODS:
+        if self.instances is not None and self.instances not in INSTANCE_METHODS:
             raise ConfigError(
                 f"--instances {self.instances!r} is unknown; valid values are: "
                 f"{', '.join(INSTANCE_METHODS)}."
             )
-        if self.min_size < 0:
+        if self.min_size is not None and self.min_size < 0:
             raise ConfigError(f"--min-size must be >= 0 pixels, got {self.min_size}.")
+
+    def instance_overrides(self) -> dict[str, Any]:
+        """What the user chose over the run's tuned instance step."""
+        method = self.instances if self.instances != "none" else None
+        return {"method": method, "min_size": self.min_size}
 
     def files(self, out: Path, name: str) -> dict[str, Path]:
         """Output path per kind (``mask``, ``prob``, ``labels``, ``overlay``) for one image."""
@@ -160,8 +165,8 @@ def predict_files(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
-    instances: str = "watershed",
-    min_size: int = 16,
+    instances: str | None = None,
+    min_size: int | None = None,
     save_prob: bool = False,
     overlay: bool = True,
     overwrite: bool = False,
@@ -181,8 +186,9 @@ def predict_files(
         run_or_predictor: A run folder or a ready :class:`Predictor`.
         inputs: Image files, folders and glob patterns.
         out: Output folder (created if missing).
-        instances: ``"watershed"``, ``"components"`` or ``"none"`` (no labels, no counts).
-        min_size: Smallest cell kept, in pixels.
+        instances: ``"watershed"``, ``"components"`` or ``"none"`` (no labels, no counts);
+            None keeps the run's tuned instance step (``postprocess.json``).
+        min_size: Smallest cell kept, in pixels; None keeps the run's.
         save_prob: Also write the float32 probability map.
         overlay: Write the PNG overlay.
         overwrite: Replace existing outputs; otherwise refuse before predicting anything.
@@ -202,7 +208,8 @@ def predict_files(
     """
     options = OutputOptions(instances, min_size, save_prob, overlay)
     predictor = _predictor(run_or_predictor, device=device, checkpoint=checkpoint).with_options(
-        tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold
+        tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold,
+        instances=options.instance_overrides(),
     )
     out = Path(out)
     paths, failures = collect_inputs(inputs)
@@ -267,8 +274,7 @@ def _write_args(
         "inputs": [str(i) for i in inputs],
         "files": [str(p) for p, _ in named],
         "out": str(out),
-        "instances": options.instances,
-        "min_size": options.min_size,
+        "instances": "none" if options.instances == "none" else predictor.instance_params(),
         "save_prob": options.save_prob,
         "overlay": options.overlay,
         "overwrite": overwrite,
@@ -371,13 +377,15 @@ def predict_file(
 def _instances(
     predictor: Predictor, mask: np.ndarray, classes: np.ndarray | None, options: OutputOptions
 ) -> tuple[np.ndarray | None, int | None, float | None]:
-    """Labels, cell count and mean cell area; the boundary head decodes its own classes."""
+    """Labels, cell count and mean cell area with the predictor's instance step; the
+    boundary head decodes its own classes."""
     if options.instances == "none":
         return None, None, None
-    if classes is not None and options.instances == "watershed":
-        labels = predictor.label(mask, classes, method="watershed", min_size=options.min_size)
+    if classes is not None and predictor.instance_method == "watershed":
+        labels = predictor.label(mask, classes)
     else:
-        labels = label_in_bands(mask, options.instances, options.min_size)
+        labels = label_in_bands(mask, predictor.instance_method, predictor.min_size,
+                                h=predictor.h)
     cells = int(labels.max())
     mean_area = float(np.count_nonzero(labels)) / cells if cells else None
     return labels, cells, mean_area

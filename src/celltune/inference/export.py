@@ -160,6 +160,7 @@ def export_run(
         "threshold": predictor.threshold,
         "channels": predictor.channels,
         "resize": predictor.resize,
+        "instances": predictor.instance_params(),
     }
     return export_model(
         predictor.model,
@@ -433,6 +434,8 @@ def describe(
             ),
         },
         "padding": "pad H and W up to a multiple of size_divisor (mirror), crop the output back",
+        # The run's instance step (celltune.inference.instances), tuned on validation by F1.
+        **({"instances": metadata["instances"]} if "instances" in metadata else {}),
         **{k: metadata[k] for k in ("run", "checkpoint") if k in metadata},
     }
 

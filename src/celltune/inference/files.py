@@ -97,21 +97,26 @@ def assign_names(paths: Sequence[Path]) -> tuple[list[tuple[Path, str]], list[Fa
 
 
 def label_in_bands(
-    mask: np.ndarray, method: str, min_size: int, band_pixels: int = BAND_PIXELS
+    mask: np.ndarray, method: str, min_size: int, band_pixels: int = BAND_PIXELS,
+    **options: float,
 ) -> np.ndarray:
     """:func:`~celltune.inference.instances.label_instances` with memory bounded for huge masks.
 
     The watershed needs about 100 bytes per pixel (7 GB at 8192×8192). Above ``band_pixels``
     the mask is labelled window by window
     (:func:`~celltune.inference.instances.label_instances_tiled`), so memory is bounded by
-    one window even when the whole slide is one confluent region.
+    one window even when the whole slide is one confluent region. ``options`` (``h``,
+    ``smooth``) go to the watershed.
     """
 
-    if mask.size <= band_pixels or method == "components":
+    if method == "components":
         return label_instances(mask, method=method, min_size=min_size)
+    if mask.size <= band_pixels:
+        return label_instances(mask, method=method, min_size=min_size, **options)
     tile = max(64, int(band_pixels**0.5))
     return label_instances_tiled(
-        mask, method=method, min_size=min_size, tile=tile, margin=min(128, tile // 2)
+        mask, method=method, min_size=min_size, tile=tile, margin=min(128, tile // 2),
+        **options,
     )
 
 

@@ -25,6 +25,10 @@ from scipy import ndimage as ndi
 from celltune.errors import ConfigError
 
 METHODS = ("components", "watershed")
+#: The instance step's parameters before any tuning (see celltune.evaluation.postprocess).
+DEFAULT_H = 2.0
+DEFAULT_MIN_SIZE = 16
+DEFAULT_SEED_THRESHOLD = 0.5
 #: 8-connectivity: pixels touching at a corner belong to the same cell.
 _STRUCTURE = np.ones((3, 3), dtype=bool)
 #: A window of a 2-D plane: (rows, columns).
@@ -76,7 +80,7 @@ def label_instances(
         raise ConfigError(
             f"Unknown instance method {method!r}; valid methods are: {', '.join(METHODS)}."
         )
-    return _filter_and_relabel(labels, min_size)
+    return remove_small(labels, min_size)
 
 
 def _watershed(fg: np.ndarray, h: float, smooth: float) -> np.ndarray:
@@ -105,8 +109,8 @@ def _markers(seeds: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return markers
 
 
-def _filter_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop cells below ``min_size`` pixels and renumber the rest 1..n in id order."""
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop cells below ``min_size`` pixels and renumber the rest 1..n in id order (int32)."""
     labels = np.asarray(labels)
     if labels.size == 0 or labels.max() == 0:
         return np.zeros(labels.shape, dtype=np.int32)
@@ -265,7 +269,7 @@ def instances_from_classes(
     interior = p[1].astype(np.float32, copy=False)
     markers = _markers((interior >= seed_threshold) & fg, fg)
     labels = watershed(-interior, markers, mask=fg, connectivity=2)
-    return _filter_and_relabel(labels, min_size)
+    return remove_small(labels, min_size)
 
 
 def instances_from_classes_tiled(

@@ -23,6 +23,9 @@ import torch
 from celltune.config import RunConfig
 from celltune.errors import ConfigError
 from celltune.inference.instances import (
+    DEFAULT_H,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_SEED_THRESHOLD,
     METHODS,
     class_foreground,
     instances_from_classes_tiled,
@@ -33,6 +36,12 @@ from celltune.io import normalize, to_channels
 from celltune.models.build import class_probabilities, foreground_probability
 from celltune.models.checkpoint import load_model_from_checkpoint
 from celltune.rundir import RunDir
+
+#: Parameters of the instance step a predictor carries (``postprocess.json``'s ``best``).
+INSTANCE_PARAMETERS = ("method", "h", "seed_threshold", "min_size")
+#: Heads whose cells grow from seeds the network predicts (tuned by ``seed_threshold``);
+#: the others split their mask by the distance-transform watershed (tuned by ``h``).
+SEEDED_HEADS = ("boundary",)
 
 
 @dataclass
@@ -107,7 +116,7 @@ class Predictor:
         batch_size: int = 4,
         tta: bool = False,
         device: str | torch.device | None = None,
-        seed_threshold: float = 0.5,
+        instances: dict[str, Any] | None = None,
     ) -> None:
         check_tiling(tile, overlap, batch_size)
         self.device = resolve_device(device)
@@ -122,11 +131,47 @@ class Predictor:
         self.overlap = overlap
         self.batch_size = batch_size
         self.tta = tta
+        #: The instance step (:meth:`label`): method, h, seed_threshold, min_size.
+        self.instance_method = "watershed"
+        #: Binary heads' watershed: how far a distance peak must rise to seed its own cell.
+        self.h = DEFAULT_H
         #: Boundary head: smallest interior probability of an instance seed.
-        self.seed_threshold = float(seed_threshold)
+        self.seed_threshold = DEFAULT_SEED_THRESHOLD
+        #: Smallest cell kept, in pixels.
+        self.min_size = DEFAULT_MIN_SIZE
+        self._set_instances(instances or {})
         self.divisor = int(getattr(model, "size_divisor", 32))
         #: Where the model came from (set by :meth:`from_run`); recorded in predict_args.json.
         self.source: dict[str, Any] = {}
+
+    def _set_instances(self, params: dict[str, Any]) -> None:
+        unknown = sorted(set(params) - set(INSTANCE_PARAMETERS))
+        if unknown:
+            raise ConfigError(
+                f"Unknown instance parameter(s) {', '.join(unknown)}; valid ones are: "
+                f"{', '.join(INSTANCE_PARAMETERS)}."
+            )
+        method = params.get("method", self.instance_method)
+        if method not in METHODS:
+            raise ConfigError(
+                f"--instances {method!r} is unknown; valid methods are: {', '.join(METHODS)}."
+            )
+        min_size = int(params.get("min_size", self.min_size))
+        if min_size < 0:
+            raise ConfigError(f"--min-size must be >= 0 pixels, got {min_size}.")
+        self.instance_method, self.min_size = method, min_size
+        self.h = float(params.get("h", self.h))
+        self.seed_threshold = float(params.get("seed_threshold", self.seed_threshold))
+
+    def instance_params(self) -> dict[str, Any]:
+        """The instance step's parameters that apply to this head, JSON-ready."""
+        params: dict[str, Any] = {"method": self.instance_method}
+        if self.head in SEEDED_HEADS:
+            params["seed_threshold"] = self.seed_threshold
+        else:
+            params["h"] = self.h
+        params["min_size"] = self.min_size
+        return params
 
     def with_options(
         self,
@@ -136,8 +181,10 @@ class Predictor:
         batch_size: int | None = None,
         tta: bool | None = None,
         threshold: float | None = None,
+        instances: dict[str, Any] | None = None,
     ) -> Predictor:
-        """A copy with other tiling, TTA or threshold (``None`` keeps a value).
+        """A copy with other tiling, TTA, threshold or instance parameters (``None`` keeps a
+        value; ``instances`` replaces only the parameters it names).
 
         The copy shares the network; this predictor is left as it was.
         """
@@ -153,6 +200,7 @@ class Predictor:
         other.tta = self.tta if tta is None else tta
         if threshold is not None and self.head != "two_class":
             other.threshold = float(threshold)
+        other._set_instances({k: v for k, v in (instances or {}).items() if v is not None})
         return other
 
     def describe(self) -> dict[str, Any]:
@@ -168,7 +216,7 @@ class Predictor:
             "overlap": self.overlap,
             "batch_size": self.batch_size,
             "tta": self.tta,
-            **({"seed_threshold": self.seed_threshold} if self.head == "boundary" else {}),
+            "instances": self.instance_params(),
             "device": str(self.device),
             "size_divisor": self.divisor,
         }
@@ -189,7 +237,8 @@ class Predictor:
         config: RunConfig | None = None,
         **overrides: Any,
     ) -> Predictor:
-        """Load a run's checkpoint (``best`` or ``last``) with its config and threshold.
+        """Load a run's checkpoint (``best`` or ``last``) with its config, threshold and
+        instance parameters (``postprocess.json``, the defaults before one was tuned).
 
         ``config`` is the run's config when the caller has already read it.
         """
@@ -205,6 +254,7 @@ class Predictor:
             "tile": cfg.eval.tile,
             "overlap": cfg.eval.overlap,
             "batch_size": cfg.eval.batch_size,
+            "instances": run.read_postprocess(),
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         predictor = cls(model, **kwargs)
@@ -295,23 +345,25 @@ class Predictor:
         self,
         mask: np.ndarray,
         classes: np.ndarray | None = None,
-        method: str = "watershed",
-        min_size: int = 16,
+        method: str | None = None,
+        min_size: int | None = None,
     ) -> np.ndarray:
         """Instance labels (int32, 0 = background) of a :meth:`predict` result's ``mask`` and
-        ``classes``.
+        ``classes``, with this predictor's instance parameters (``None`` keeps them).
 
         ``"watershed"`` with the ``boundary`` head's ``classes`` seeds one cell per interior
         region and grows it over the foreground
         (:func:`~celltune.inference.instances.instances_from_classes`, with this predictor's
         ``seed_threshold``, and its threshold as the foreground threshold, so the cells cover
-        ``mask``); without ``classes`` it is the distance-transform watershed of ``mask``.
-        ``"components"`` labels the mask's connected regions for every head. Both run window
-        by window on large images, so memory stays bounded.
+        ``mask``); without ``classes`` it is the distance-transform watershed of ``mask``
+        with this predictor's ``h``. ``"components"`` labels the mask's connected regions for
+        every head. Both run window by window on large images, so memory stays bounded.
 
         Raises:
             ConfigError: ``method`` is unknown.
         """
+        method = self.instance_method if method is None else method
+        min_size = self.min_size if min_size is None else min_size
         if method not in METHODS:
             raise ConfigError(
                 f"Unknown instance method {method!r}; valid methods are: {', '.join(METHODS)}."
@@ -321,13 +373,13 @@ class Predictor:
                 classes, seed_threshold=self.seed_threshold, fg_threshold=self.threshold,
                 min_size=min_size,
             )
-        return label_instances_tiled(mask, method=method, min_size=min_size)
+        return label_instances_tiled(mask, method=method, min_size=min_size, h=self.h)
 
     def predict_instances(
         self,
         image: np.ndarray,
-        method: str = "watershed",
-        min_size: int = 16,
+        method: str | None = None,
+        min_size: int | None = None,
         on_tile: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Instance labels ``(H, W)`` int32 for a raw image, for any head (see :meth:`label`)."""

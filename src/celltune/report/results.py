@@ -176,6 +176,10 @@ def results_table(
             "iou_pooled": s.get("iou_pooled"),
             "f1_iou50": s.get("f1_iou50"),
             "f1_mean_50_90": s.get("f1_mean_50_90"),
+            "f1_iou50_median": s.get("f1_iou50_median"),
+            "precision_iou50": s.get("precision_iou50"),
+            "recall_iou50": s.get("recall_iou50"),
+            "count_error_relative": s.get("count_error_relative"),
             "params": r.params,
             "train_seconds": r.train_seconds,
         }

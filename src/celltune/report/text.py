@@ -42,6 +42,10 @@ CSV_COLUMNS = (
     "iou_pooled",
     "f1_iou50",
     "f1_mean_50_90",
+    "f1_iou50_median",
+    "precision_iou50",
+    "recall_iou50",
+    "count_error_relative",
     "params",
     "train_seconds",
 )
@@ -53,6 +57,13 @@ def fmt_num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{float(value):.{digits}f}"
+
+
+def fmt_percent(value: Any) -> str:
+    """A fraction as a whole percentage; missing or NaN values as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * float(value):.0f}%"
 
 
 def fmt_paper(value: Any) -> str:
@@ -93,6 +104,8 @@ def display_table(table: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[l
         "IoU (95% CI)",
         "Pooled Dice",
         "F1@0.5",
+        "F1@0.5:0.9",
+        "Count error",
         "Params",
         "Train time",
     ]
@@ -112,6 +125,8 @@ def display_table(table: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[l
             f"{fmt_num(t['iou'])} [{fmt_num(t['iou_ci_low'])}, {fmt_num(t['iou_ci_high'])}]",
             fmt_num(t["dice_pooled"]),
             fmt_num(t["f1_iou50"]),
+            fmt_num(t.get("f1_mean_50_90")),
+            fmt_percent(t.get("count_error_relative")),
             fmt_params(t["params"]),
             fmt_seconds(t["train_seconds"]),
         ]
@@ -187,7 +202,11 @@ def conventions(results: Sequence[RowResult]) -> list[tuple[str, str]]:
         (
             "F1@0.5",
             "Instance F1 at IoU 0.5 (NeurIPS 2022 CellSeg rules); predicted instances "
-            f"come from the binary mask by {method}.",
+            f"come from the mask by {method} (boundary heads: their interiors seed the cells), "
+            "with the watershed depth or seed threshold and the smallest cell chosen on the "
+            "validation split by mean F1 (postprocess.json). F1@0.5:0.9 is the mean F1 over "
+            "IoU thresholds 0.5, 0.55, ..., 0.9; count error is |predicted - true| cells summed "
+            "over the test images, as a share of the true cells.",
         ),
         (
             "Paired comparison",

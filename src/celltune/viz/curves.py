@@ -80,6 +80,40 @@ def threshold_curves(curves: Mapping[str, Mapping[str, Any]], title: str | None 
     return fig
 
 
+def postprocess_curve(sweep: Mapping[str, Any], title: str | None = None) -> Figure:
+    """Validation F1 at IoU 0.5 versus the instance step's swept parameter, one line per
+    smallest-cell size, the chosen point starred; candidates off the axis (plain connected
+    components) are drawn as a dashed level.
+
+    Args:
+        sweep: ``postprocess.json`` content (``parameter``, ``candidates``, ``min_sizes``,
+            ``f1``, ``best``, ``best_f1``).
+    """
+    name = sweep["parameter"]
+    on_axis = [i for i, c in enumerate(sweep["candidates"]) if name in c]
+    xs = [sweep["candidates"][i][name] for i in on_axis]
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    sizes = sweep["min_sizes"]
+    for j, (size, color) in enumerate(zip(sizes, _colors(len(sizes)), strict=True)):
+        ax.plot(xs, [sweep["f1"][i][j] for i in on_axis], marker="o", ms=3, color=color,
+                label=f"min size {size} px")
+        for i, c in enumerate(sweep["candidates"]):
+            if name not in c:
+                ax.axhline(sweep["f1"][i][j], color=color, ls="--", lw=0.8)
+    best = sweep["best"]
+    if name in best:
+        ax.plot([best[name]], [sweep["best_f1"]], marker="*", ms=12, color="black",
+                label=f"chosen ({name}={best[name]:g}, min size {best['min_size']})")
+    ax.set(xlabel=name, ylabel="mean validation F1 at IoU 0.5", ylim=(0, 1))
+    if name == "h":
+        ax.set_xscale("log", base=2)
+    ax.set_title(title or "Instance step sweep on validation (dashed: connected components)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _colors(n: int) -> list[Any]:
     from matplotlib import colormaps
 

@@ -50,9 +50,9 @@ from celltune.config import RunConfig, ThresholdConfig, deep_merge
 from celltune.data.samples import Sample, Splits
 from celltune.errors import ConfigError
 from celltune.evaluation.metrics import confusion, dice, instance_scores, iou
+from celltune.evaluation.postprocess import default_params
 from celltune.evaluation.threshold import ThresholdAccumulator
-from celltune.inference.instances import label_instances_tiled
-from celltune.inference.predict import Predictor
+from celltune.inference.predict import SEEDED_HEADS, Predictor
 from celltune.io import normalize, read_image, read_label, to_channels, write_text
 from celltune.rundir import BenchDir
 from celltune.workflows import bench_cellpose
@@ -71,22 +71,21 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 
 # --- recipes ---------------------------------------------------------------------------------
-def _semantic(predictor: Any, thresholds: dict[str, float]) -> Segment:
-    """Probabilities once per image; a mask and cells per threshold.
+def _semantic(predictors: dict[str, Predictor]) -> Segment:
+    """Probabilities once per image; a mask and cells per variant's predictor.
 
-    Cells come from the distance-transform watershed of the mask, or, for an instance-aware
-    head, from the predictor's own decoding of its class probabilities.
+    All the variants' predictors share one network and differ only in their threshold and
+    instance step; cells come from each one's :meth:`Predictor.label` (the mask's watershed,
+    or an instance-aware head's own decoding).
     """
+    first = next(iter(predictors.values()))
+
     def segment(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        pred = predictor.predict(image)
+        pred = first.predict(image)
         out = {}
-        for variant, threshold in thresholds.items():
-            mask = pred.probability >= threshold
-            if pred.classes is None:
-                cells = label_instances_tiled(mask, method="watershed")
-            else:
-                cells = predictor.with_options(threshold=threshold).label(mask, pred.classes)
-            out[variant] = (mask, cells)
+        for variant, predictor in predictors.items():
+            mask = pred.probability >= predictor.threshold
+            out[variant] = (mask, predictor.label(mask, pred.classes))
         return out
 
     return segment
@@ -111,9 +110,13 @@ def train_celltune(job: Job) -> Trained:
     result = run_pipeline(cfg, job.work, overwrite=True, progress=False, evaluate_split=None,
                           splits=splits)
     predictor = Predictor.from_run(result.run_dir)
+    predictors = {"celltune": predictor}
+    if s.untuned_instances:
+        predictors["celltune@untuned"] = predictor.with_options(
+            instances=default_params(predictor.head in SEEDED_HEADS))
     return Trained(
-        segment=_semantic(predictor, {"celltune": result.threshold}),
-        variants=("celltune",),
+        segment=_semantic(predictors),
+        variants=tuple(predictors),
         train_seconds=result.train_seconds,
         info={"threshold": result.threshold},
         cleanup=[Path(result.run_dir) / "checkpoints"],
@@ -189,7 +192,8 @@ def train_plain(job: Job) -> Trained:
     predictor = Predictor(model.eval(), channels=s.channels, threshold=0.5)
     threshold = val_threshold(predictor, job.val)
     return Trained(
-        segment=_semantic(predictor, {"plain_smp@0.5": 0.5, "plain_smp@val": threshold}),
+        segment=_semantic({"plain_smp@0.5": predictor,
+                           "plain_smp@val": predictor.with_options(threshold=threshold)}),
         variants=("plain_smp@0.5", "plain_smp@val"),
         train_seconds=seconds,
         info={"steps": steps, "val_threshold": threshold},

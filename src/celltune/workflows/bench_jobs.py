@@ -28,6 +28,9 @@ class BenchSettings:
     tiny: bool = False
     #: Overrides of the celltune recipe's RunConfig, e.g. ``{"eval": {"tile": 256}}``.
     celltune: dict[str, Any] = field(default_factory=dict)
+    #: Also score celltune's network with the untuned instance step (``celltune@untuned``),
+    #: to measure what the tuning adds (recipe trials).
+    untuned_instances: bool = False
     #: Extra ``cellpose.train.train_seg`` arguments, e.g. ``{"bsize": 64}``.
     cellpose: dict[str, Any] = field(default_factory=dict)
 

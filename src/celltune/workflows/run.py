@@ -1,4 +1,5 @@
-"""One run end to end: train, choose the threshold on validation, evaluate on test, plot.
+"""One run end to end: train, choose the threshold and the instance step on validation,
+evaluate on test, plot.
 
 Example:
     >>> from celltune.config import RunConfig
@@ -19,12 +20,12 @@ from typing import Any
 
 from celltune.config import RunConfig
 from celltune.data.samples import Splits
-from celltune.evaluation.evaluate import choose_threshold, evaluate_run
+from celltune.evaluation.evaluate import choose_postprocess, choose_threshold, evaluate_run
 from celltune.inference.predict import Predictor
 from celltune.rundir import RunDir
 from celltune.training.distributed import is_worker
 from celltune.training.fit import fit
-from celltune.viz.curves import loss_curves, save_figure, threshold_curves
+from celltune.viz.curves import loss_curves, postprocess_curve, save_figure, threshold_curves
 
 
 @dataclass
@@ -52,7 +53,8 @@ def run_pipeline(
     evaluate_split: str | None = "test",
     splits: Splits | None = None,
 ) -> RunResult:
-    """Train ``config`` into ``out``, pick the threshold, evaluate, and write the plots.
+    """Train ``config`` into ``out``, pick the threshold and the instance parameters on
+    validation, evaluate, and write the plots.
 
     A finished run (``done.json`` present) is not retrained when ``resume`` is set.
     """
@@ -73,6 +75,9 @@ def run_pipeline(
     threshold = choose_threshold(run, predictor=predictor, config=trained.config,
                                  progress=progress)
     predictor = predictor.with_options(threshold=threshold.best_threshold)
+    instances = choose_postprocess(run, predictor=predictor, config=trained.config,
+                                   progress=progress)
+    predictor = predictor.with_options(instances=instances.best)
     summary = {}
     if evaluate_split:
         summary = evaluate_run(run, split=evaluate_split, progress=progress,
@@ -83,7 +88,7 @@ def run_pipeline(
 
 
 def write_run_plots(run: RunDir) -> list[Path]:
-    """``plots/loss.png`` and ``plots/threshold.png`` for one run."""
+    """``plots/loss.png``, ``plots/threshold.png`` and ``plots/postprocess.png`` for one run."""
     paths = []
     rows = run.read_metrics()
     if rows:
@@ -91,4 +96,7 @@ def write_run_plots(run: RunDir) -> list[Path]:
     curve = run.read_threshold_curve()
     if curve is not None:
         paths.append(save_figure(threshold_curves({run.name: curve}), run.threshold_plot))
+    sweep = run.read_postprocess_curve()
+    if sweep is not None:
+        paths.append(save_figure(postprocess_curve(sweep, title=run.name), run.postprocess_plot))
     return paths

@@ -1,0 +1,192 @@
+"""Choose the instance step's parameters on validation by mean instance F1.
+
+The foreground threshold is chosen for Dice (:mod:`celltune.evaluation.threshold`); the step
+that turns the mask into cells has parameters of its own, and pixel Dice cannot see them:
+the watershed's ``h`` for heads that predict a mask (how deep a dip in the distance map must
+be to split two cells), the seed threshold for heads that predict cell interiors, and the
+smallest cell kept. :class:`PostprocessSweep` scores every combination on each validation
+image with the NeurIPS 2022 challenge's F1 at IoU 0.5 and keeps the one with the best mean;
+ties go to the defaults, then to the earlier candidate. The mask threshold is not swept
+here, so the cells always cover the mask the Dice sweep chose.
+
+The grids adapt to the validation cells' median area ``A`` (radius ``r``): ``h`` runs over
+0.5 ... 16 pixels up to ``max(2, r)``, plus plain connected components; the smallest cell
+over 0, 16 pixels, ``A / 10`` and ``A / 4``.
+
+Example:
+    >>> import numpy as np
+    >>> truth = np.zeros((20, 20), np.int32); truth[2:8, 2:8] = 1; truth[12:18, 12:18] = 2
+    >>> sweep = PostprocessSweep([{"h": 1.0}, {"h": 2.0}], [0, 16], {"h": 2.0, "min_size": 16})
+    >>> sweep.add(truth, lambda params: truth)
+    >>> sweep.result(head="binary", parameter="h").best  # a tie: the default stays
+    {'h': 2.0, 'min_size': 16}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from celltune.evaluation.metrics import instance_scores
+from celltune.inference.instances import (
+    DEFAULT_H,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_SEED_THRESHOLD,
+    remove_small,
+)
+
+CRITERION = "mean per-image F1 at IoU 0.5 (NeurIPS 2022 challenge rules)"
+#: Watershed depths tried for mask heads, in pixels of distance.
+H_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+#: Interior probabilities tried as seed thresholds for seeded heads.
+SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+_TIE = 1e-9
+
+
+@dataclass(frozen=True)
+class PostprocessResult:
+    """A post-processing sweep: mean F1 per candidate and smallest cell, and the choice.
+
+    Attributes:
+        head: The run's head.
+        parameter: The swept parameter of the decoding (``h`` or ``seed_threshold``).
+        candidates: Decoding parameters tried (without ``min_size``), in sweep order.
+        min_sizes: Smallest-cell sizes tried, in pixels.
+        f1: Mean F1 at IoU 0.5, ``f1[candidate][min_size]``.
+        best: The chosen parameters, ``min_size`` included (what the Predictor takes).
+        best_f1: Mean F1 of ``best``.
+        default: The parameters before tuning; ``default_f1`` their mean F1.
+        n_images: Validation images scored.
+        median_cell_area: Median area of the validation cells the grids were sized from.
+    """
+
+    head: str
+    parameter: str
+    candidates: list[dict[str, Any]]
+    min_sizes: list[int]
+    f1: list[list[float]]
+    best: dict[str, Any]
+    best_f1: float
+    default: dict[str, Any]
+    default_f1: float
+    n_images: int
+    median_cell_area: float = math.nan
+    criterion: str = CRITERION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Indented JSON, the content of ``postprocess.json``."""
+        data = asdict(self)
+        if not math.isfinite(self.median_cell_area):
+            data["median_cell_area"] = None
+        return json.dumps(data, indent=2) + "\n"
+
+
+def default_params(seeded: bool) -> dict[str, Any]:
+    """The instance step's parameters before tuning."""
+    decode = {"seed_threshold": DEFAULT_SEED_THRESHOLD} if seeded else {"h": DEFAULT_H}
+    return {"method": "watershed", **decode, "min_size": DEFAULT_MIN_SIZE}
+
+
+def cell_areas(labels: np.ndarray) -> np.ndarray:
+    """Area in pixels of every cell of a label map (ids without pixels left out)."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return areas[areas > 0]
+
+
+def median_cell_area(areas: Sequence[np.ndarray]) -> float:
+    """Median of all cells' areas (arrays from :func:`cell_areas`); NaN when there are none."""
+    flat = np.concatenate(list(areas)) if len(areas) else np.zeros(0)
+    return float(np.median(flat)) if flat.size else math.nan
+
+
+def grids(seeded: bool, area: float) -> tuple[list[dict[str, Any]], list[int]]:
+    """Decoding candidates and smallest-cell sizes for cells of median ``area`` pixels."""
+    if seeded:
+        candidates = [{"method": "watershed", "seed_threshold": t} for t in SEED_GRID]
+    else:
+        radius = math.sqrt(area / math.pi) if math.isfinite(area) else 0.0
+        limit = max(DEFAULT_H, radius)
+        candidates = [{"method": "watershed", "h": h} for h in H_GRID if h <= limit]
+        candidates.append({"method": "components"})
+    sizes = {0, DEFAULT_MIN_SIZE}
+    if math.isfinite(area):
+        sizes |= {round(area / 10), round(area / 4)}
+    return candidates, sorted(sizes)
+
+
+class PostprocessSweep:
+    """Scores decoding candidates image by image; :meth:`result` picks the best mean F1.
+
+    Args:
+        candidates: Decoding parameters to try (``min_size`` is swept separately).
+        min_sizes: Smallest-cell sizes to try; applied to each candidate's cells.
+        default: The untuned parameters, ``min_size`` included; they win ties.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[dict[str, Any]],
+        min_sizes: Sequence[int],
+        default: dict[str, Any],
+    ) -> None:
+        if not candidates or not min_sizes:
+            raise ValueError("a post-processing sweep needs candidates and min_sizes.")
+        self.candidates = [dict(c) for c in candidates]
+        self.min_sizes = [int(m) for m in min_sizes]
+        self.default = {**default, "min_size": default.get("min_size", DEFAULT_MIN_SIZE)}
+        self._scores: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def add(
+        self, truth: np.ndarray, decode: Callable[[dict[str, Any]], np.ndarray]
+    ) -> None:
+        """Score one image: ``decode(params)`` gives its cells (every size kept) per candidate."""
+        scores = np.zeros((len(self.candidates), len(self.min_sizes)))
+        for i, params in enumerate(self.candidates):
+            cells = decode(params)
+            for j, size in enumerate(self.min_sizes):
+                scores[i, j] = instance_scores(truth, remove_small(cells, size))["f1"][0]
+        self._scores.append(scores)
+
+    def result(self, head: str, parameter: str, **extra: Any) -> PostprocessResult:
+        """The sweep's means and the best parameters (ties: the default, then the first)."""
+        if not self._scores:
+            raise ValueError("no images were added to the post-processing sweep.")
+        mean = np.mean(self._scores, axis=0)
+        best_i, best_j = np.unravel_index(int(np.argmax(mean)), mean.shape)
+        best = {**self.candidates[best_i], "min_size": self.min_sizes[best_j]}
+        default_f1 = self._mean_of(mean, self.default)
+        if default_f1 is not None and default_f1 >= mean[best_i, best_j] - _TIE:
+            best = dict(self.default)
+        area = extra.pop("median_cell_area", math.nan)
+        return PostprocessResult(
+            head=head, parameter=parameter, candidates=self.candidates,
+            min_sizes=self.min_sizes, f1=mean.round(6).tolist(), best=best,
+            best_f1=float(self._mean_of(mean, best)), default=self.default,
+            default_f1=float(default_f1) if default_f1 is not None else math.nan,
+            n_images=len(self._scores), median_cell_area=float(area), extra=extra,
+        )
+
+    def _mean_of(self, mean: np.ndarray, params: dict[str, Any]) -> float | None:
+        """Mean F1 of ``params`` if the sweep tried them, else None."""
+        decode = {k: v for k, v in params.items() if k != "min_size"}
+        size = params.get("min_size", DEFAULT_MIN_SIZE)
+        for i, candidate in enumerate(self.candidates):
+            if _same(candidate, decode) and size in self.min_sizes:
+                return float(mean[i, self.min_sizes.index(size)])
+        return None
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal decoding parameters, ``method`` defaulting to watershed."""
+    a = {"method": "watershed", **a}
+    b = {"method": "watershed", **b}
+    return a == b

@@ -1,0 +1,178 @@
+"""The instance step's parameters tuned on validation by F1 (evaluation/postprocess.py), and
+their way through the run folder into evaluate and predict."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tests.test_pipeline import synth_root, tiny_config  # noqa: F401 (fixture)
+
+from celltune.errors import ConfigError
+from celltune.evaluation.evaluate import choose_postprocess, evaluate_run
+from celltune.evaluation.metrics import instance_scores
+from celltune.evaluation.postprocess import (
+    H_GRID,
+    PostprocessSweep,
+    cell_areas,
+    default_params,
+    grids,
+    median_cell_area,
+)
+from celltune.inference.batch import predict_files
+from celltune.inference.instances import label_instances, remove_small
+from celltune.inference.predict import Predictor
+from celltune.rundir import RunDir
+from celltune.viz.curves import postprocess_curve
+
+
+def _discs(shape, centres, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+    return labels
+
+
+def _merged(labels):
+    """Every three cells (1-3, 4-6, ...) labelled as one: an under-split decoding whose cells
+    overlap no true cell by IoU 0.5."""
+    return ((labels + 2) // 3).astype(np.int32)
+
+
+def test_the_sweep_picks_the_one_candidate_that_splits_the_cells():
+    truth = _discs((64, 64), [(16, 12), (16, 28), (16, 44), (46, 12), (46, 28), (46, 44)], 8)
+    candidates = [{"method": "watershed", "h": h} for h in (0.5, 1.0, 2.0, 4.0)]
+    # Only h = 1 recovers the cells; the others merge touching pairs.
+    sweep = PostprocessSweep(candidates, [0, 16], default_params(seeded=False))
+    sweep.add(truth, lambda p: truth if p["h"] == 1.0 else _merged(truth))
+    result = sweep.result(head="binary", parameter="h")
+    assert result.best == {"method": "watershed", "h": 1.0, "min_size": 0}
+    assert result.best_f1 == pytest.approx(1.0)
+    assert result.default_f1 == pytest.approx(0.0)  # merged cells match none at IoU 0.5
+    assert result.f1[2] == pytest.approx([0.0, 0.0])
+
+
+def test_the_sweep_picks_the_smallest_size_that_removes_fragments():
+    truth = _discs((64, 64), [(20, 20), (44, 44)], 9)  # cells of ~250 px
+    noisy = truth.copy()
+    noisy[8:11, 50:53] = 3  # a 9-px fragment
+    noisy[50:55, 6:11] = 4  # a 25-px fragment
+    sweep = PostprocessSweep([{"method": "watershed", "h": 2.0}], [0, 16, 30, 60],
+                             default_params(seeded=False))
+    sweep.add(truth, lambda p: noisy)
+    result = sweep.result(head="binary", parameter="h")
+    assert result.best["min_size"] == 30  # 16 still keeps the 25-px fragment
+    assert result.f1[0][0] == pytest.approx(2 * 2 / (2 * 2 + 2))
+    assert result.best_f1 == pytest.approx(1.0)
+
+
+def test_ties_keep_the_defaults_and_means_are_over_images():
+    truth = _discs((40, 40), [(20, 20)], 8)
+    candidates = [{"method": "watershed", "h": h} for h in (1.0, 2.0)]
+    sweep = PostprocessSweep(candidates, [0, 16], default_params(seeded=False))
+    sweep.add(truth, lambda p: truth)
+    assert sweep.result(head="binary", parameter="h").best == default_params(seeded=False)
+    # A second image only h = 1 gets right: mean F1 0.5 vs 1.0 -> h = 1 wins.
+    sweep.add(truth, lambda p: truth if p["h"] == 1.0 else np.zeros_like(truth))
+    result = sweep.result(head="binary", parameter="h")
+    assert result.best["h"] == 1.0 and result.n_images == 2
+    assert result.f1[1][1] == pytest.approx(0.5)
+
+
+def test_a_real_watershed_sweep_finds_an_h_that_splits_a_shallow_neck():
+    # A cell of radius 12 and one of radius 7, centres 16 apart: the small one's distance
+    # peak rises less than 2 px above the neck, so the default h = 2 does not split them;
+    # a smaller h does.
+    big, small = _discs((48, 80), [(24, 24)], 12), _discs((48, 80), [(24, 40)], 7)
+    truth = np.where(big > 0, 1, np.where(small > 0, 2, 0)).astype(np.int32)
+    mask = truth > 0
+    assert label_instances(mask, h=2.0).max() == 1
+    candidates, sizes = grids(seeded=False, area=median_cell_area([cell_areas(truth)]))
+    sweep = PostprocessSweep(candidates, sizes, default_params(seeded=False))
+    sweep.add(truth, lambda p: label_instances(mask, min_size=0, **{
+        k: v for k, v in p.items() if k != "min_size"}))
+    result = sweep.result(head="binary", parameter="h")
+    assert result.best["h"] < 2.0
+    chosen = label_instances(mask, min_size=result.best["min_size"], h=result.best["h"])
+    assert instance_scores(truth, chosen)["f1"][0] == pytest.approx(1.0)
+
+
+def test_grids_follow_the_cell_size():
+    candidates, sizes = grids(seeded=False, area=math.pi * 5**2)  # radius 5 px
+    assert [c["h"] for c in candidates if "h" in c] == [h for h in H_GRID if h <= 5]
+    assert candidates[-1] == {"method": "components"}
+    assert sizes == [0, 8, 16, 20]
+    big, _ = grids(seeded=False, area=math.pi * 40**2)
+    assert [c["h"] for c in big if "h" in c] == list(H_GRID)
+    seeded, seeded_sizes = grids(seeded=True, area=math.nan)
+    assert all(set(c) == {"method", "seed_threshold"} for c in seeded)
+    assert seeded_sizes == [0, 16]
+
+
+def test_remove_small_renumbers():
+    labels = np.array([[1, 1, 0, 2], [1, 1, 0, 0], [0, 0, 3, 3]], np.int32)
+    out = remove_small(labels, 2)
+    assert out.max() == 2 and (out[0, 3] == 0) and set(np.unique(out)) == {0, 1, 2}
+
+
+def test_predictor_instance_options_are_checked():
+    import torch
+
+    predictor = Predictor(torch.nn.Conv2d(1, 1, 1), device="cpu")
+    assert predictor.instance_params() == default_params(seeded=False)
+    other = predictor.with_options(instances={"h": 4.0, "min_size": 3})
+    assert other.h == 4.0 and other.min_size == 3 and predictor.h != 4.0
+    with pytest.raises(ConfigError, match="--instances 'blobs'"):
+        predictor.with_options(instances={"method": "blobs"})
+    with pytest.raises(ConfigError, match="valid ones are"):
+        predictor.with_options(instances={"depth": 1})
+    with pytest.raises(ConfigError, match="--min-size"):
+        predictor.with_options(instances={"min_size": -1})
+
+
+@pytest.fixture(scope="module")
+def tuned_run(synth_root, tmp_path_factory):  # noqa: F811
+    from celltune.workflows.run import run_pipeline
+
+    out = tmp_path_factory.mktemp("runs") / "tuned"
+    return run_pipeline(tiny_config(synth_root), out, progress=False)
+
+
+def test_the_pipeline_tunes_and_every_stage_uses_the_tuned_step(tuned_run, tmp_path):
+    run = RunDir(tuned_run.run_dir)
+    sweep = json.loads(run.postprocess_path.read_text())
+    assert sweep["parameter"] == "h" and sweep["n_images"] == 2
+    assert max(max(row) for row in sweep["f1"]) == pytest.approx(sweep["best_f1"], abs=1e-6)
+    assert run.postprocess_plot.is_file()
+    predictor = Predictor.from_run(run)
+    assert predictor.instance_params() == sweep["best"]
+    summary = json.loads(run.summary_path("test").read_text())
+    assert summary["instances"] == sweep["best"]
+    for key in ("precision_iou50", "recall_iou50", "f1_iou50_median", "count_error_relative"):
+        assert key in summary
+    # predict: the run's step by default, the user's --min-size over it.
+    image = run.read_splits().test[0].image
+    predict_files(run.path, [str(image)], tmp_path / "a", progress=False)
+    args = json.loads((tmp_path / "a" / "predict_args.json").read_text())
+    assert args["instances"] == sweep["best"]
+    predict_files(run.path, [str(image)], tmp_path / "b", min_size=7, progress=False)
+    args = json.loads((tmp_path / "b" / "predict_args.json").read_text())
+    assert args["instances"]["min_size"] == 7
+
+
+def test_evaluate_with_components_overrides_the_method(tuned_run):
+    summary = evaluate_run(tuned_run.run_dir, instance_method="components", progress=False,
+                           save_masks=False)
+    assert summary["instance_method"] == "components"
+    assert summary["instances"]["method"] == "components"
+
+
+def test_choose_postprocess_rewrites_the_sweep_and_the_figure_draws(tuned_run):
+    run = RunDir(tuned_run.run_dir)
+    result = choose_postprocess(run, progress=False)
+    assert json.loads(run.postprocess_path.read_text())["best"] == result.best
+    figure = postprocess_curve(json.loads(result.to_json()))
+    assert figure.axes[0].get_ylabel().startswith("mean validation F1")
