@@ -215,8 +215,10 @@ def _rings(mask: np.ndarray) -> list[np.ndarray]:
     """The boundary of a 4-connected boolean mask as simple rings of corner vertices (x, y).
 
     Edges are chained head to tail. Where two edges leave a vertex (two pixels of the piece
-    meet there only diagonally) the chain turns left, keeping to the pixel it came along; a
-    ring that still passes a vertex twice is cut there into two rings touching at that point.
+    meet there only diagonally) the chain always turns left, so each of the two edges arriving
+    there gets its own successor. A ring that passes a vertex twice is cut there into two
+    rings touching at that point; as the piece is 4-connected, exactly one of the rings is its
+    outer boundary and every other one a hole.
     """
     x, y, code = _edges(mask)
     columns = mask.shape[1] + 1
