@@ -178,8 +178,7 @@ class OutputOptions:
         return self.geojson or self.cells_csv
 
     def files(self, out: Path, name: str) -> dict[str, Path]:
-        """Output path per kind (``mask``, ``prob``, ``labels``, ``overlay``, ``csv``,
-        ``geojson``) for one image."""
+        """Output path per kind of file written for one image (keys of ``OUTPUT_ENDINGS``)."""
         kinds = ["mask"]
         kinds += ["prob"] if self.save_prob else []
         kinds += ["labels"] if self.instances != "none" else []
