@@ -37,6 +37,12 @@ def predict(
         bool, Opt(help="Also write <stem>_prob.tif (float32 probability).")
     ] = False,
     overlay: Annotated[bool, Opt(help="Write <stem>_overlay.png.")] = True,
+    geojson: Annotated[bool, Opt("--geojson", help=(
+        "Also write <stem>_cells.geojson: cell outlines with their measurements, for QuPath "
+        "(File > Import objects from file); pixel units, origin at the top-left."))] = False,
+    cells_csv: Annotated[bool, Opt("--csv", help=(
+        "Also write <stem>_cells.csv: per cell label, area, centroid, mean intensity, "
+        "eccentricity, perimeter, axis lengths (pixels)."))] = False,
     threshold: Annotated[float | None, Opt(
         help="Override the run's probability threshold (binary heads).")] = None,
     checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
@@ -47,13 +53,16 @@ def predict(
     """Segment images of any size with a trained run; write masks, labels, overlays, counts.
 
     Per image: <stem>_mask.tif (uint8, 0 background / 255 foreground), <stem>_labels.tif
-    (int32 instances), <stem>_overlay.png, optionally <stem>_prob.tif; plus counts.csv and
-    predict_args.json. Unreadable files are reported and skipped; the exit code is 1 if any
-    input failed.
+    (int32 instances), <stem>_overlay.png, optionally <stem>_prob.tif, <stem>_cells.csv
+    (--csv) and <stem>_cells.geojson (--geojson; --csv and --geojson need instances); plus
+    counts.csv and predict_args.json. Unreadable files are reported and skipped; the exit
+    code is 1 if any input failed.
 
-    Example:
+    Examples:
 
       celltune predict runs/unet images/ "more/*.tif" --out predictions --tile 512 --tta
+
+      celltune predict runs/unet images/ --out predictions --geojson --csv
     """
     from celltune.inference.batch import predict_files
 
@@ -61,7 +70,7 @@ def predict(
     console = Console()
     result = predict_files(
         run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
-        overlay=overlay, overwrite=overwrite, tile=tile, overlap=overlap, batch_size=batch_size,
+        overlay=overlay, geojson=geojson, cells_csv=cells_csv, overwrite=overwrite, tile=tile, overlap=overlap, batch_size=batch_size,
         tta=tta, threshold=threshold, device=device, checkpoint=checkpoint, progress=progress,
         console=console,
     )

@@ -9,6 +9,12 @@ recurses). For every readable image ``<stem>`` the output folder receives:
   a ``boundary`` head's ``watershed`` labels come from its interior and boundary classes);
 * ``<stem>_overlay.png``: the image (percentile-normalised, RGB) with cell outlines in red,
   shrunk by an integer factor so its longer side is at most 2048 pixels;
+* ``<stem>_cells.csv`` (only with ``cells_csv``): one row per cell with its area, centroid,
+  mean intensity of the image as read, eccentricity, perimeter and axis lengths, in pixels
+  (:mod:`celltune.inference.measurements`);
+* ``<stem>_cells.geojson`` (only with ``geojson``): every cell's outline as a QuPath-ready
+  GeoJSON Feature (pixel coordinates, origin at the image's top-left corner) carrying the same
+  measurements (:mod:`celltune.integrations.geojson`);
 
 and once per call ``counts.csv`` (one row per image), ``predict_args.json`` (the call's
 arguments and the predictor's settings) and, when something failed, ``failures.csv``. A file
@@ -56,7 +62,9 @@ from celltune.inference.files import (
     overlay_outlines,
     preview,
 )
+from celltune.inference.measurements import measure_cells, measurement_columns, measurements_csv
 from celltune.inference.predict import Predictor
+from celltune.integrations.geojson import write_geojson
 from celltune.io import read_image, write_png, write_text, write_tiff
 
 INSTANCE_METHODS = ("watershed", "components", "none")
@@ -73,6 +81,15 @@ COUNT_COLUMNS = (
     "width",
     "seconds",
 )
+#: File name ending per output kind: ``<stem><ending>``.
+OUTPUT_ENDINGS = {
+    "mask": "_mask.tif",
+    "prob": "_prob.tif",
+    "labels": "_labels.tif",
+    "overlay": "_overlay.png",
+    "csv": "_cells.csv",
+    "geojson": "_cells.geojson",
+}
 
 
 @dataclass
@@ -135,6 +152,8 @@ class OutputOptions:
     min_size: int | None = None
     save_prob: bool = False
     overlay: bool = True
+    geojson: bool = False
+    cells_csv: bool = False
 
     def __post_init__(self) -> None:
         if self.instances is not None and self.instances not in INSTANCE_METHODS:
@@ -144,6 +163,19 @@ class OutputOptions:
             )
         if self.min_size is not None and self.min_size < 0:
             raise ConfigError(f"--min-size must be >= 0 pixels, got {self.min_size}.")
+        flags = [f for f, on in (("--geojson", self.geojson), ("--csv", self.cells_csv)) if on]
+        if flags and self.instances == "none":
+            named = " and ".join(flags)
+            raise ConfigError(
+                f"{named} {'needs' if len(flags) == 1 else 'need'} cell instances, but "
+                f"--instances none labels no cells; use --instances watershed or components, "
+                f"or drop {named}."
+            )
+
+    @property
+    def measures(self) -> bool:
+        """True when per-cell measurements are written (``<stem>_cells.csv`` or ``.geojson``)."""
+        return self.geojson or self.cells_csv
 
     def instance_overrides(self) -> dict[str, Any]:
         """What the user chose over the run's tuned instance step."""
@@ -151,13 +183,14 @@ class OutputOptions:
         return {"method": method, "min_size": self.min_size}
 
     def files(self, out: Path, name: str) -> dict[str, Path]:
-        """Output path per kind (``mask``, ``prob``, ``labels``, ``overlay``) for one image."""
+        """Output path per kind of file written for one image (keys of ``OUTPUT_ENDINGS``)."""
         kinds = ["mask"]
         kinds += ["prob"] if self.save_prob else []
         kinds += ["labels"] if self.instances != "none" else []
         kinds += ["overlay"] if self.overlay else []
-        ext = {"overlay": ".png"}
-        return {k: out / f"{name}_{k}{ext.get(k, '.tif')}" for k in kinds}
+        kinds += ["csv"] if self.cells_csv else []
+        kinds += ["geojson"] if self.geojson else []
+        return {k: out / f"{name}{OUTPUT_ENDINGS[k]}" for k in kinds}
 
 
 def predict_files(
@@ -169,6 +202,8 @@ def predict_files(
     min_size: int | None = None,
     save_prob: bool = False,
     overlay: bool = True,
+    geojson: bool = False,
+    cells_csv: bool = False,
     overwrite: bool = False,
     tile: int | None = None,
     overlap: float | None = None,
@@ -191,6 +226,8 @@ def predict_files(
         min_size: Smallest cell kept, in pixels; None keeps the run's.
         save_prob: Also write the float32 probability map.
         overlay: Write the PNG overlay.
+        geojson: Write ``<stem>_cells.geojson`` (cell outlines and measurements for QuPath).
+        cells_csv: Write ``<stem>_cells.csv`` (per-cell measurements).
         overwrite: Replace existing outputs; otherwise refuse before predicting anything.
         tile, overlap, batch_size, tta, threshold: Override the run's settings (None keeps them).
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` (only when a run folder is given).
@@ -204,9 +241,10 @@ def predict_files(
     Raises:
         RunError: Outputs already exist and ``overwrite`` is False, or the run is unusable.
         DataError: No image file was found in ``inputs``.
-        ConfigError: An option is invalid.
+        ConfigError: An option is invalid (e.g. ``geojson`` or ``cells_csv`` without
+            instances).
     """
-    options = OutputOptions(instances, min_size, save_prob, overlay)
+    options = OutputOptions(instances, min_size, save_prob, overlay, geojson, cells_csv)
     predictor = _predictor(run_or_predictor, device=device, checkpoint=checkpoint).with_options(
         tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold,
         instances=options.instance_overrides(),
@@ -277,6 +315,8 @@ def _write_args(
         "instances": "none" if options.instances == "none" else predictor.instance_params(),
         "save_prob": options.save_prob,
         "overlay": options.overlay,
+        "geojson": options.geojson,
+        "cells_csv": options.cells_csv,
         "overwrite": overwrite,
         "mask_values": {"background": 0, "foreground": 255},
         "predictor": predictor.describe(),
@@ -349,7 +389,10 @@ def predict_file(
         on_size(height, width)
     small = preview(image) if options.overlay else None
     prediction = predictor.predict(image, on_tile=on_tile)
-    del image  # the raw image is the largest array left; free it before labelling
+    # The raw image is the largest array left: free it before labelling unless the cells'
+    # mean intensities are wanted.
+    kept = image if options.measures else None
+    del image
     if options.save_prob:
         written.append(write_tiff(files["prob"], prediction.probability.astype(np.float32, copy=False)))
     mask, classes = prediction.mask, prediction.classes
@@ -358,6 +401,9 @@ def predict_file(
     labels, cells, mean_area = _instances(predictor, mask, classes, options)
     if labels is not None:
         written.append(write_tiff(files["labels"], labels))
+        source = json.dumps({**predictor.source, "image": str(path.resolve())}, sort_keys=True)
+        _write_cells(files, labels, kept, source, written)
+    del kept
     if small is not None:
         shown = labels if labels is not None else mask
         written.append(write_png(files["overlay"], overlay_outlines(small, shown)))
@@ -372,6 +418,24 @@ def predict_file(
         mean_cell_area=mean_area,
         seconds=time.perf_counter() - start,
     )
+
+
+def _write_cells(
+    files: dict[str, Path],
+    labels: np.ndarray,
+    image: np.ndarray | None,
+    source: str,
+    written: list[Path],
+) -> None:
+    """``<stem>_cells.csv`` and ``<stem>_cells.geojson``, from the same measurements."""
+    if image is None:
+        return
+    rows = measure_cells(labels, image)
+    if "csv" in files:
+        columns = measurement_columns(image.shape[-1])
+        written.append(write_text(files["csv"], measurements_csv(rows, columns)))
+    if "geojson" in files:
+        written.append(write_geojson(files["geojson"], labels, rows, source=source))
 
 
 def _instances(

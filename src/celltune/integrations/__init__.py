@@ -1,0 +1,5 @@
+"""Bridges from celltune's outputs to other tools (QuPath GeoJSON today).
+
+Each module stands alone and is imported by its full name; nothing is imported here, so an
+integration that needs an optional package costs nothing until it is used.
+"""
