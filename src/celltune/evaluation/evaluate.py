@@ -99,8 +99,8 @@ def choose_threshold(
 ) -> ThresholdResult:
     """Sweep thresholds on the run's validation split and write ``threshold.json``.
 
-    Binary and boundary heads get the threshold (on the foreground probability, for the
-    boundary head ``1 - P(background)``) with the best mean per-image Dice. Two-class heads use
+    Binary, boundary and distance heads get the threshold (on the foreground probability, for
+    the boundary head ``1 - P(background)``) with the best mean per-image Dice. Two-class heads use
     argmax, equivalent to 0.5; their curve is still recorded for the figures. ``predictor``
     and ``config`` are the run's own when the caller has already loaded them.
     """
@@ -140,8 +140,8 @@ def evaluate_run(
     """Evaluate a trained run on ``split``; returns the summary (also written to disk).
 
     Instance scores use :meth:`Predictor.label`: ``instance_method="watershed"`` is the
-    boundary head's own decoding (interior seeds grown over the mask) for boundary runs and
-    the mask's distance-transform watershed for the other heads.
+    boundary or distance head's own decoding (interior or distance-peak seeds grown over the
+    mask) for such runs and the mask's distance-transform watershed for the other heads.
 
     ``predictor`` (with the run's chosen threshold) and ``config`` are the run's own when the
     caller has already loaded them.
@@ -181,8 +181,8 @@ def _score_image(
 ) -> dict[str, Any]:
     """One image's row of ``per_image.csv``; its mask is saved on the way.
 
-    Cells come from :meth:`Predictor.label`: the boundary head's own decoding (interior
-    seeds grown over the mask) for ``watershed``, the mask's watershed for other heads.
+    Cells come from :meth:`Predictor.label`: an instance head's own decoding (boundary or
+    distance) for ``watershed``, the mask's watershed for other heads.
     """
     mask = predicted.mask
     counts = confusion(mask, to_binary(labels))

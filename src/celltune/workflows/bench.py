@@ -75,7 +75,8 @@ def _semantic(predictor: Any, thresholds: dict[str, float]) -> Segment:
     """Probabilities once per image; a mask and cells per threshold.
 
     Cells come from the distance-transform watershed of the mask, or, for an instance-aware
-    head, from the predictor's own decoding of its class probabilities.
+    head (boundary, distance), from the predictor's own decoding of its per-channel
+    probabilities.
     """
     def segment(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         pred = predictor.predict(image)
