@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr2e-3": {"overrides": {"train": {"lr": 2e-3}}},
     "aug1": {"overrides": {"train": {"aug": "aug1"}}},
     "boundary": {"overrides": {"model": {"head": "boundary"}}},
+    "distance": {"overrides": {"model": {"head": "distance"}}},
 }
 
 

@@ -108,8 +108,9 @@ def train(
                        ] = None,
     encoder: Annotated[str | None, Opt(help="Encoder of SMP models.")] = None,
     head: Annotated[str | None, Opt(
-        help="binary, two_class, or boundary (background/interior/boundary: touching cells "
-        "are separated by the predicted boundaries).")] = None,
+        help="binary, two_class, boundary (background/interior/boundary: touching cells "
+        "are separated by the predicted boundaries) or distance (foreground + distance to "
+        "each cell's border: cells grow from the distance peaks).")] = None,
     aug: Annotated[str | None, Opt(help="Augmentation: none, aug1, aug2.")] = None,
     loss: Annotated[str | None, Opt(help="bce_dice, dice, focal, bce, ce.")] = None,
     epochs: Annotated[int | None, Opt(

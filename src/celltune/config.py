@@ -79,10 +79,12 @@ class ModelConfig(_Section):
     name: str = "unet"
     encoder: str | None = Field(None, description="encoder of SMP models; None = resnet34")
     weights: str = Field("none", description="'none', 'imagenet' or a path to a weights file")
-    head: Literal["binary", "two_class", "boundary"] = Field(
+    head: Literal["binary", "two_class", "boundary", "distance"] = Field(
         "binary",
-        description="binary (sigmoid), two_class (softmax) or boundary (softmax over "
-        "background/interior/boundary: instances separated by the predicted boundaries)",
+        description="binary (sigmoid), two_class (softmax), boundary (softmax over "
+        "background/interior/boundary: instances separated by the predicted boundaries) or "
+        "distance (foreground + each cell's normalised distance to its border: instances "
+        "grown from the distance peaks)",
     )
     options: dict[str, Any] = Field(default_factory=dict)
 

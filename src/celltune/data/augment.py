@@ -14,6 +14,10 @@ interpolation, so a binary mask stays binary and instance ids stay ids. Images a
 exposed by affine and elastic warps are filled by mirroring (image and mask alike), which
 keeps the pair consistent.
 
+:meth:`Augmentation.with_plane` also carries a float plane that belongs to the mask (the
+``distance`` head's distance map): the geometric transforms move it with the mask but
+interpolate it bilinearly, like the image, and the intensity transforms never touch it.
+
 Every call takes an integer ``seed``; the same seed gives the same result in any process, which
 lets a training epoch be replayed exactly after a resume.
 
@@ -28,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Sequence
 
@@ -134,6 +139,15 @@ class Augmentation:
     def __init__(self, name: str, transforms: Sequence[A.BasicTransform]) -> None:
         self.name = name
         self._compose = A.Compose(list(transforms), mask_interpolation=cv2.INTER_NEAREST)
+        # For with_plane: the same transforms (copies: a Compose registers its targets on
+        # them), split into the geometric ones, which warp the plane as an image (bilinear),
+        # and the intensity ones, which see the image alone.
+        own = copy.deepcopy(list(transforms))
+        self._geometric = A.Compose(
+            [t for t in own if not isinstance(t, A.ImageOnlyTransform)],
+            mask_interpolation=cv2.INTER_NEAREST, additional_targets={"plane": "image"},
+        )
+        self._intensity = A.Compose([t for t in own if isinstance(t, A.ImageOnlyTransform)])
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, seed: int | None = None
@@ -153,6 +167,25 @@ class Augmentation:
         out = self._compose(image=image, mask=mask)
         out_image = np.clip(out["image"], 0.0, 1.0).astype(np.float32, copy=False)
         return out_image, out["mask"].astype(mask.dtype, copy=False)
+
+    def with_plane(
+        self, image: np.ndarray, mask: np.ndarray, plane: np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like calling the augmentation, plus a float32 ``(H, W)`` plane that moves with the
+        mask: same flips, rotations and warps, but bilinear, and no intensity change.
+
+        Reproducible from ``seed`` like a plain call, though a plain call with the same seed
+        may draw differently (the two use separate compositions).
+        """
+        if seed is not None:
+            rng, py_rng = np.random.default_rng(seed), random.Random(int(seed))
+            self._geometric.set_random_state(rng, py_rng)
+            self._intensity.set_random_state(rng, py_rng)
+        moved = self._geometric(image=image, mask=mask, plane=plane)
+        out_image = self._intensity(image=moved["image"])["image"]
+        out_image = np.clip(out_image, 0.0, 1.0).astype(np.float32, copy=False)
+        out_plane = moved["plane"].astype(np.float32, copy=False)
+        return out_image, moved["mask"].astype(mask.dtype, copy=False), out_plane
 
     def __repr__(self) -> str:
         return f"Augmentation({self.name!r})"

@@ -2,7 +2,10 @@
 
 Images are read with :mod:`celltune.io`, converted to the requested number of channels,
 normalised to ``[0, 1]`` and optionally rescaled; :class:`ImageCache` keeps those decoded
-arrays in memory so that an epoch after the first costs only cropping and augmentation.
+arrays in memory so that an epoch after the first costs only cropping and augmentation. A
+target that needs the whole label map (the ``distance`` head's distance map, see
+:func:`celltune.data.targets.target_plane`) gets its plane computed once per image, cached
+beside the image, and cut and augmented together with the labels.
 
 Determinism: everything random about training item ``i`` in epoch ``e`` (which image, where
 the crop lies, every augmentation parameter) is drawn from ``(seed, e, i)`` alone. The same
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -31,7 +34,7 @@ from torch.utils.data import Dataset, Sampler
 
 from celltune.data.augment import build_augmentation
 from celltune.data.samples import Sample
-from celltune.data.targets import TARGETS, make_target
+from celltune.data.targets import make_target, target_plane
 from celltune.errors import ConfigError, DataError
 from celltune.io import normalize, read_image, read_label, to_channels
 
@@ -116,7 +119,7 @@ class ImageCache:
         self.max_bytes = int(max_bytes)
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[Any, ...], Pair] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], tuple[np.ndarray | None, ...]] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
 
@@ -136,7 +139,31 @@ class ImageCache:
         self._store(key, pair)
         return pair
 
-    def _store(self, key: tuple[Any, ...], pair: Pair) -> None:
+    def plane(
+        self,
+        sample: Sample,
+        channels: int,
+        resize: float | None,
+        name: str,
+        compute: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """``compute(labels)`` of the sample's (cached) labels, cached beside its pair.
+
+        ``name`` tells planes apart (a target kind); the plane is read-only, like the pair.
+        """
+        key = (str(sample.image), str(sample.label), channels, resize, name)
+        with self._lock:
+            if key in self._entries:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return self._entries[key][0]
+        labels = self.get(sample, channels, resize)[1]
+        plane = compute(labels)
+        plane.flags.writeable = False
+        self._store(key, (plane,))
+        return plane
+
+    def _store(self, key: tuple[Any, ...], pair: tuple[np.ndarray | None, ...]) -> None:
         size = sum(a.nbytes for a in pair if a is not None)
         if size > self.max_bytes:
             return
@@ -190,7 +217,8 @@ class _PairSource:
         target: str,
     ) -> None:
         _check_options(channels, resize)
-        TARGETS.get(target)  # fail early on an unknown target kind
+        # Fails early on an unknown target kind.
+        self._plane_fn = target_plane(target)
         self.samples = list(samples)
         self.channels = channels
         self.resize = resize
@@ -203,10 +231,21 @@ class _PairSource:
             return self.cache.get(sample, self.channels, self.resize)
         return load_pair(sample, channels=self.channels, resize=self.resize)
 
+    def load_plane(self, index: int, labels: np.ndarray | None) -> np.ndarray | None:
+        """The target's whole-image plane for sample ``index`` (its ``labels`` as loaded), or
+        None when the target needs none; cached beside the image when there is a cache."""
+        if self._plane_fn is None or labels is None:
+            return None
+        if self.cache is None:
+            return self._plane_fn(labels)
+        return self.cache.plane(
+            self.samples[index], self.channels, self.resize, self.target, self._plane_fn
+        )
+
     def preload(self) -> None:
-        """Load every sample into the cache now (before DataLoader workers fork)."""
+        """Load every sample (and its plane) into the cache now, before workers fork."""
         for i in range(len(self.samples)):
-            self.load(i)
+            self.load_plane(i, self.load(i)[1])
 
 
 def _to_tensor_image(image: np.ndarray) -> torch.Tensor:
@@ -231,7 +270,8 @@ class CropDataset(_PairSource, Dataset):
         foreground_sampling: probability that a crop is centred on a random foreground pixel.
         resize: optional scale factor applied on load.
         cache: ``True`` for a private :class:`ImageCache`, an instance to share one, or ``False``.
-        target: ``binary``, ``two_class`` or ``three_class`` (see :mod:`celltune.data.targets`).
+        target: ``binary``, ``two_class``, ``three_class`` or ``distance`` (see
+            :mod:`celltune.data.targets`).
 
     Items are ``{"image": float32 (C, crop, crop), "mask": target tensor}``.
     """
@@ -293,12 +333,17 @@ class CropDataset(_PairSource, Dataset):
         augment_seed = int(rng.integers(2**63))
         sample_index = self._sample_index(epoch, i)
         image, labels = self.load(sample_index)
+        plane = self.load_plane(sample_index, labels)
         y0, x0 = self._corner(rng, sample_index, labels)
         image = _cut_window(image, y0, x0, self.crop)
         labels = _cut_window(labels, y0, x0, self.crop)
-        if self.augment is not None:
+        if plane is not None:
+            plane = _cut_window(plane, y0, x0, self.crop)
+        if self.augment is not None and plane is not None:
+            image, labels, plane = self.augment.with_plane(image, labels, plane, augment_seed)
+        elif self.augment is not None:
             image, labels = self.augment(image, labels, seed=augment_seed)
-        return {"image": _to_tensor_image(image), "mask": make_target(labels, self.target)}
+        return {"image": _to_tensor_image(image), "mask": make_target(labels, self.target, plane)}
 
     def _sample_index(self, epoch: int, i: int) -> int:
         n = len(self.samples)
@@ -427,7 +472,11 @@ class WholeImageDataset(_PairSource, Dataset):
             "size": (h, w),
         }
         if labels is not None:
-            item["mask"] = make_target(np.pad(labels, pad, mode="constant"), self.target)
+            plane = self.load_plane(index, labels)
+            item["mask"] = make_target(
+                np.pad(labels, pad, mode="constant"), self.target,
+                None if plane is None else np.pad(plane, pad, mode="constant"),
+            )
         return item
 
 

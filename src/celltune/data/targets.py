@@ -6,11 +6,21 @@ An instance map holds 0 for background and one positive id per cell. Models see 
 * ``two_class``: int64 ``(H, W)`` with 0 background / 1 cell, for a 2-channel softmax head;
 * ``three_class``: int64 ``(H, W)`` with 0 background / 1 interior / 2 boundary, where a
   boundary pixel is a cell pixel whose 4-neighbour belongs to the background or to another
-  cell, so touching cells are separated by boundaries on both sides of their contact.
+  cell, so touching cells are separated by boundaries on both sides of their contact;
+* ``distance``: float32 ``(2, H, W)``: the foreground (1.0 on cells) and each cell's
+  Euclidean distance to its own border divided by that cell's largest distance
+  (:func:`distance_map`): 1 at the cell's centre, falling to about 0 at its border, 0 on the
+  background. Touching cells each keep their own peak.
 
 Pixels on the image border are not boundaries merely because the image ends there: a crop
 cuts cells, and marking the cut as a boundary would teach the model a contour that is not in
 the image.
+
+A crop cannot compute the distance map itself: a cell cut by the crop would get a false
+border, and its peak would move. So a target may name a *plane* in its registry entry
+(:func:`target_plane`): a float32 ``(H, W)`` array computed once from the whole label map,
+cached with the image, cut and augmented together with the labels (bilinear where the labels
+are warped nearest-neighbour) and handed to the target function with the cropped labels.
 
 Example:
     >>> import numpy as np
@@ -25,6 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from celltune.registry import Registry
 
@@ -80,13 +91,65 @@ def three_class_target(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_target(labels: np.ndarray, kind: str) -> torch.Tensor:
-    """Build the ``kind`` target from an instance map as a torch tensor.
+def distance_map(labels: np.ndarray) -> np.ndarray:
+    """Per cell, the distance to the cell's own border over the cell's largest distance.
+
+    Float32 ``(H, W)``: 0 on the background; on each cell the Euclidean distance transform of
+    that cell alone, computed in its bounding box grown by one pixel, so a touching
+    neighbour counts as border just like the background, and divided by the cell's maximum:
+    1 at its centre, ``1 / max`` on its outermost pixels. The image edge is not a border (as
+    for ``three_class``): a box that reaches the edge is not grown there, so a cell cut by the
+    image keeps rising towards the cut instead of tapering at it.
+    """
+    arr = _check_labels(labels)
+    out = np.zeros(arr.shape, dtype=np.float32)
+    height, width = arr.shape
+    for index, box in enumerate(ndi.find_objects(np.maximum(arr, 0))):
+        if box is None:
+            continue
+        rows, cols = box
+        window = (slice(max(rows.start - 1, 0), min(rows.stop + 1, height)),
+                  slice(max(cols.start - 1, 0), min(cols.stop + 1, width)))
+        cell = arr[window] == index + 1
+        dist = ndi.distance_transform_edt(cell) if not cell.all() else cell.astype(np.float64)
+        out[window][cell] = (dist[cell] / dist[cell].max()).astype(np.float32)
+    return out
+
+
+@TARGETS.register("distance", classes=2, plane=distance_map)
+def distance_target(labels: np.ndarray, plane: np.ndarray | None = None) -> np.ndarray:
+    """Float32 ``(2, H, W)``: the foreground and the normalised distance map.
+
+    ``plane`` is the :func:`distance_map` of the whole image, cut and augmented like
+    ``labels`` (a crop's own distance map would see false borders at the crop's edges);
+    without it the map is computed from ``labels``. The distance is clipped to ``[0, 1]`` and
+    set to 0 off the foreground, so a bilinearly warped plane cannot leak onto the background.
+    """
+    arr = _check_labels(labels)
+    fg = (arr > 0).astype(np.float32)
+    dist = distance_map(arr) if plane is None else np.asarray(plane, dtype=np.float32)
+    if dist.shape != arr.shape:
+        raise ValueError(f"distance plane {dist.shape} does not match the labels {arr.shape}")
+    return np.stack([fg, np.clip(dist, 0.0, 1.0) * fg])
+
+
+def target_plane(kind: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The whole-image plane target ``kind`` needs beside its labels, or None (see above)."""
+    return TARGETS.info(kind).get("plane")
+
+
+def make_target(labels: np.ndarray, kind: str, plane: np.ndarray | None = None) -> torch.Tensor:
+    """Build the ``kind`` target from an instance map (and its plane) as a torch tensor.
+
+    ``plane`` is the target's :func:`target_plane` output, cut like ``labels``; only targets
+    that name a plane accept one.
 
     Raises:
         ConfigError: ``kind`` is not a registered target; the message lists the valid ones.
     """
-    return torch.from_numpy(np.ascontiguousarray(TARGETS.get(kind)(labels)))
+    build = TARGETS.get(kind)
+    array = build(labels) if plane is None else build(labels, plane)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def num_classes(kind: str) -> int:

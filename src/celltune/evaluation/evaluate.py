@@ -109,8 +109,8 @@ def choose_threshold(
 ) -> ThresholdResult:
     """Sweep thresholds on the run's validation split and write ``threshold.json``.
 
-    Binary and boundary heads get the threshold (on the foreground probability, for the
-    boundary head ``1 - P(background)``) with the best mean per-image Dice. Two-class heads use
+    Binary, boundary and distance heads get the threshold (on the foreground probability, for
+    the boundary head ``1 - P(background)``) with the best mean per-image Dice. Two-class heads use
     argmax, equivalent to 0.5; their curve is still recorded for the figures. ``predictor``
     and ``config`` are the run's own when the caller has already loaded them.
     """
@@ -208,9 +208,9 @@ def evaluate_run(
 
     Instance scores use :meth:`Predictor.label` with the run's tuned instance parameters
     (``postprocess.json``); ``instance_method`` (``"watershed"`` or ``"components"``)
-    overrides its method. ``"watershed"`` is the boundary head's own decoding (interior seeds
-    grown over the mask) for boundary runs and the mask's distance-transform watershed for
-    the other heads.
+    overrides its method. ``"watershed"`` is an instance head's own decoding (interior or
+    distance-peak seeds grown over the mask) for boundary and distance runs and the mask's
+    distance-transform watershed for the other heads.
 
     ``predictor`` (with the run's chosen threshold) and ``config`` are the run's own when the
     caller has already loaded them.

@@ -6,7 +6,8 @@ recurses). For every readable image ``<stem>`` the output folder receives:
 * ``<stem>_mask.tif``: uint8, 0 = background, 255 = foreground (probability >= threshold);
 * ``<stem>_prob.tif``: float32 foreground probability in [0, 1] (only with ``save_prob``);
 * ``<stem>_labels.tif``: int32 instance labels, 0 = background (unless ``instances="none"``;
-  a ``boundary`` head's ``watershed`` labels come from its interior and boundary classes);
+  a ``boundary`` head's ``watershed`` labels come from its interior and boundary classes, a
+  ``distance`` head's from its foreground and distance map);
 * ``<stem>_overlay.png``: the image (percentile-normalised, RGB) with cell outlines in red,
   shrunk by an integer factor so its longer side is at most 2048 pixels;
 * ``<stem>_cells.csv`` (only with ``cells_csv``): one row per cell with its area, centroid,

@@ -6,10 +6,11 @@ percentile, clipped; see :func:`celltune.io.normalize`). Any ImageNet mean/std t
 need is *inside* the graph (the model's :class:`~celltune.models.Segmenter` applies it), so a
 consumer must not apply it again. By default the output is the foreground probability
 ``(N, 1, H, W)`` (sigmoid of the binary logit, the softmax's foreground channel for
-two-class heads, ``1 - P(background)`` for boundary heads), so
-``mask = probability >= threshold``; ``logits=True`` exports the raw ``(N, 1|2|3, H, W)``
-logits instead (a boundary head's instances are decoded from its softmax, so a consumer who
-wants them exports logits). H and W must be multiples of the size divisor (32).
+two-class heads, ``1 - P(background)`` for boundary heads, the sigmoid of channel 0 for
+distance heads), so ``mask = probability >= threshold``; ``logits=True`` exports the raw
+``(N, 1|2|3, H, W)`` logits instead (a boundary head's instances are decoded from its
+softmax, a distance head's from the sigmoid of both its channels, so a consumer who wants
+them exports logits). H and W must be multiples of the size divisor (32).
 
 Beside ``<name>.onnx`` / ``<name>.pt`` goes ``<name>.json`` with the threshold, head,
 channels, normalisation, size divisor, checksum and the verification result; the same JSON
@@ -103,10 +104,14 @@ class ExportModule(nn.Module):
         super().__init__()
         self.model = model
         self.logits = logits
+        # The distance head's two channels are not a softmax: the head decides the activation.
+        self.head = getattr(model, "head", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        return out if self.logits else foreground_probability(out, keepdim=True)
+        if self.logits:
+            return out
+        return foreground_probability(out, keepdim=True, head=self.head)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -428,7 +433,9 @@ def describe(
             "channels": out_channels if logits else 1,
             "meaning": (
                 "raw logits; sigmoid (binary) or softmax over channels (two_class; "
-                "boundary: background, interior, boundary)"
+                "boundary: background, interior, boundary); distance: sigmoid of each "
+                "channel (0: foreground, 1: distance to the cell border over the cell's "
+                "largest, 1 at the centre)"
                 if logits
                 else "foreground probability; mask = probability >= threshold"
             ),

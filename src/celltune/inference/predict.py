@@ -28,11 +28,14 @@ from celltune.inference.instances import (
     DEFAULT_SEED_THRESHOLD,
     METHODS,
     class_foreground,
+    distance_foreground,
     instances_from_classes_tiled,
+    instances_from_distance_tiled,
     label_instances_tiled,
 )
 from celltune.inference.tiling import count_tiles, predict_tiled
 from celltune.io import normalize, to_channels
+from celltune.models.base import INSTANCE_HEADS
 from celltune.models.build import class_probabilities, foreground_probability
 from celltune.models.checkpoint import load_model_from_checkpoint
 from celltune.rundir import RunDir
@@ -41,7 +44,7 @@ from celltune.rundir import RunDir
 INSTANCE_PARAMETERS = ("method", "h", "seed_threshold", "min_size")
 #: Heads whose cells grow from seeds the network predicts (tuned by ``seed_threshold``);
 #: the others split their mask by the distance-transform watershed (tuned by ``h``).
-SEEDED_HEADS = ("boundary",)
+SEEDED_HEADS = INSTANCE_HEADS
 
 
 @dataclass
@@ -49,8 +52,9 @@ class Prediction:
     """Foreground probability ``(H, W)`` float32 and the thresholded boolean mask.
 
     For the ``boundary`` head ``classes`` holds the ``(3, H, W)`` float32 probabilities of
-    background, interior and boundary (``probability`` is ``1 - classes[0]``); it is None for
-    the other heads.
+    background, interior and boundary (``probability`` is ``1 - classes[0]``); for the
+    ``distance`` head the ``(2, H, W)`` foreground probability and normalised distance
+    (``probability`` is ``classes[0]``); it is None for the other heads.
     """
 
     probability: np.ndarray
@@ -135,7 +139,8 @@ class Predictor:
         self.instance_method = "watershed"
         #: Binary heads' watershed: how far a distance peak must rise to seed its own cell.
         self.h = DEFAULT_H
-        #: Boundary head: smallest interior probability of an instance seed.
+        #: Boundary head: smallest interior probability of an instance seed; distance head:
+        #: smallest normalised distance of one.
         self.seed_threshold = DEFAULT_SEED_THRESHOLD
         #: Smallest cell kept, in pixels.
         self.min_size = DEFAULT_MIN_SIZE
@@ -272,12 +277,12 @@ class Predictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        return foreground_probability(self.model(x), keepdim=True)
+        return foreground_probability(self.model(x), keepdim=True, head=self.head)
 
     def _forward_classes(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        return class_probabilities(self.model(x))
+        return class_probabilities(self.model(x), head=self.head)
 
     def _tiled(
         self,
@@ -321,7 +326,9 @@ class Predictor:
 
         A softmax over the channels for the ``two_class`` and ``boundary`` heads (for the
         latter: background, interior, boundary), the sigmoid of the single logit for
-        ``binary``. Every channel is blended over the tiles.
+        ``binary``, a sigmoid per channel for ``distance`` (foreground, normalised distance).
+        Every channel is blended over the tiles with the same weights, and rescaled back to
+        the image's size when the run resizes.
         """
         channels = int(getattr(self.model, "out_channels", 1))
         return self._tiled(image, self._forward_classes, channels, on_tile)
@@ -331,14 +338,15 @@ class Predictor:
     ) -> Prediction:
         """Probability map and mask (probability >= threshold) for a raw image.
 
-        The ``boundary`` head's prediction also carries its class probabilities, from which
-        :meth:`label` decodes the cells.
+        The ``boundary`` and ``distance`` heads' predictions also carry their per-channel
+        probabilities, from which :meth:`label` decodes the cells.
         """
-        if self.head != "boundary":
+        if self.head not in INSTANCE_HEADS:
             prob = self.predict_proba(image, on_tile=on_tile)
             return Prediction(prob, prob >= self.threshold, self.threshold)
         classes = self.predict_classes(image, on_tile=on_tile)
-        prob = class_foreground(classes)
+        foreground = distance_foreground if self.head == "distance" else class_foreground
+        prob = foreground(classes)
         return Prediction(prob, prob >= self.threshold, self.threshold, classes)
 
     def label(
@@ -355,8 +363,11 @@ class Predictor:
         region and grows it over the foreground
         (:func:`~celltune.inference.instances.instances_from_classes`, with this predictor's
         ``seed_threshold``, and its threshold as the foreground threshold, so the cells cover
-        ``mask``); without ``classes`` it is the distance-transform watershed of ``mask``
-        with this predictor's ``h``. ``"components"`` labels the mask's connected regions for
+        ``mask``); with the ``distance`` head's it seeds one cell per region of high predicted
+        distance and grows it down the distance map
+        (:func:`~celltune.inference.instances.instances_from_distance`, same thresholds);
+        without ``classes`` it is the distance-transform watershed of ``mask`` with this
+        predictor's ``h``. ``"components"`` labels the mask's connected regions for
         every head. Both run window by window on large images, so memory stays bounded.
 
         Raises:
@@ -369,7 +380,9 @@ class Predictor:
                 f"Unknown instance method {method!r}; valid methods are: {', '.join(METHODS)}."
             )
         if method == "watershed" and classes is not None:
-            return instances_from_classes_tiled(
+            decode = (instances_from_distance_tiled if self.head == "distance"
+                      else instances_from_classes_tiled)
+            return decode(
                 classes, seed_threshold=self.seed_threshold, fg_threshold=self.threshold,
                 min_size=min_size,
             )

@@ -3,8 +3,10 @@
 Every model is built by :func:`create_model` and returned as a :class:`Segmenter`: it takes
 float32 ``(N, C, H, W)`` images scaled to ``[0, 1]`` per channel (H, W multiples of 32),
 applies the input normalisation its weights need, and returns logits ``(N, 1, H, W)`` for the
-``binary`` head, ``(N, 2, H, W)`` for ``two_class`` or ``(N, 3, H, W)`` for ``boundary``
-(background / interior / boundary, for instance segmentation). Every model has a ``tiny=True`` option,
+``binary`` head, ``(N, 2, H, W)`` for ``two_class``, ``(N, 3, H, W)`` for ``boundary``
+(background / interior / boundary, for instance segmentation) or ``(N, 2, H, W)`` for
+``distance`` (foreground and normalised distance to the cell border, for instance
+segmentation). Every model has a ``tiny=True`` option,
 a narrow variant of the same architecture for fast tests.
 
 Example:
@@ -20,7 +22,15 @@ from __future__ import annotations
 
 # Importing the model modules registers their factories.
 from celltune.models import plain_unet, smp_models, swin_unet  # noqa: F401
-from celltune.models.base import HEAD_TARGETS, HEADS, MODELS, SIZE_DIVISOR, Built, Segmenter
+from celltune.models.base import (
+    HEAD_TARGETS,
+    HEADS,
+    INSTANCE_HEADS,
+    MODELS,
+    SIZE_DIVISOR,
+    Built,
+    Segmenter,
+)
 from celltune.models.zoo import (
     FLOP_CONVENTION,
     count_flops,
@@ -35,6 +45,7 @@ __all__ = [
     "FLOP_CONVENTION",
     "HEADS",
     "HEAD_TARGETS",
+    "INSTANCE_HEADS",
     "MODELS",
     "SIZE_DIVISOR",
     "Built",

@@ -21,12 +21,17 @@ MODELS: Registry = Registry("model")
 #: Output channels (logits) per head: ``binary`` -> sigmoid, ``two_class`` -> softmax over
 #: background/cell, ``boundary`` -> softmax over background/interior/boundary (instance-aware:
 #: the boundary class separates touching cells, see
-#: :func:`celltune.inference.instances.instances_from_classes`).
-HEADS: dict[str, int] = {"binary": 1, "two_class": 2, "boundary": 3}
+#: :func:`celltune.inference.instances.instances_from_classes`), ``distance`` -> two sigmoids:
+#: the foreground and each cell's normalised distance to its own border (instance-aware: the
+#: distance peaks seed the cells, see :func:`celltune.inference.instances.instances_from_distance`).
+HEADS: dict[str, int] = {"binary": 1, "two_class": 2, "boundary": 3, "distance": 2}
 
 #: The training target (:data:`celltune.data.targets.TARGETS`) each head learns.
 HEAD_TARGETS: dict[str, str] = {"binary": "binary", "two_class": "two_class",
-                                "boundary": "three_class"}
+                                "boundary": "three_class", "distance": "distance"}
+
+#: Heads whose outputs carry their own instance decoding (not only a foreground mask).
+INSTANCE_HEADS: tuple[str, ...] = ("boundary", "distance")
 
 #: Every model accepts inputs whose height and width are multiples of this.
 SIZE_DIVISOR = 32
@@ -59,7 +64,7 @@ class Segmenter(nn.Module):
     Args:
         net: The bare network (kept as ``.net``).
         name: Registered model name.
-        head: ``"binary"``, ``"two_class"`` or ``"boundary"`` (see :data:`HEADS`).
+        head: ``"binary"``, ``"two_class"``, ``"boundary"`` or ``"distance"`` (see :data:`HEADS`).
         in_channels: Number of image channels the network takes.
         mean: Per-channel mean (defaults to zeros: identity).
         std: Per-channel standard deviation (defaults to ones: identity).

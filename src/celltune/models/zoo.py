@@ -73,8 +73,10 @@ def create_model(
     Args:
         name: Registered name (see :func:`list_models`), case-insensitive.
         in_channels: Image channels (1 for grayscale, 3 for RGB).
-        head: ``"binary"`` (1 logit, sigmoid), ``"two_class"`` (2 logits, softmax) or
-            ``"boundary"`` (3 logits, softmax over background / interior / boundary).
+        head: ``"binary"`` (1 logit, sigmoid), ``"two_class"`` (2 logits, softmax),
+            ``"boundary"`` (3 logits, softmax over background / interior / boundary) or
+            ``"distance"`` (2 logits, each a sigmoid: foreground and normalised distance to
+            the cell's border).
         weights: ``"none"``, ``"imagenet"`` (SMP models; read from the Hugging Face cache), or
             the path of a ``.pth``/``.pt``/``.safetensors`` state dict (an encoder's for SMP
             models, the whole network's for the others).

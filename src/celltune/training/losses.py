@@ -1,4 +1,4 @@
-"""Segmentation losses for the binary (1 logit), two-class (2) and boundary (3) heads.
+"""Segmentation losses for the binary (1 logit), two-class (2), boundary (3) and distance (2) heads.
 
 Every loss takes ``(logits, target)``: for the binary head logits are ``(N, 1, H, W)`` and
 the target is float ``(N, 1, H, W)`` in {0, 1}; for the softmax heads logits are
@@ -17,6 +17,14 @@ for every head:
 
 So the default ``bce_dice`` on a boundary head is categorical cross-entropy + that
 two-class-mean soft Dice; no extra loss name is needed.
+
+The ``distance`` head's two channels are independent sigmoids: channel 0 the foreground,
+channel 1 each cell's normalised distance to its border; its target is float
+``(N, 2, H, W)`` (mask, distance). :func:`build_loss` with ``head="distance"`` applies the
+named loss to channel 0 exactly as to a binary head's logit and adds the mean squared error
+between ``sigmoid(channel 1)`` and the distance target over all pixels
+(:class:`DistanceHeadLoss`). The default ``bce_dice`` is therefore BCE + Dice on the
+foreground + MSE on the distance map.
 """
 
 from __future__ import annotations
@@ -92,6 +100,42 @@ LOSSES.register("ce", description="cross-entropy (binary cross-entropy for one l
 LOSSES.register("focal", description="focal loss, gamma 2")(focal_loss)
 
 
-def build_loss(name: str) -> LossFn:
-    """Look up a loss by name; unknown names raise ConfigError listing the valid ones."""
-    return LOSSES.get(name)
+def distance_mse(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``sigmoid(logits[:, 1])`` against ``target[:, 1]``, all pixels.
+
+    The distance head's regression term: ``logits`` and ``target`` are ``(N, 2, H, W)``.
+    """
+    return F.mse_loss(torch.sigmoid(logits.float()[:, 1]), target.float()[:, 1])
+
+
+class DistanceHeadLoss:
+    """The ``distance`` head's loss: a foreground loss on channel 0, plus :func:`distance_mse`.
+
+    A class rather than a closure, so a module holding it can be pickled (spawned workers).
+    """
+
+    def __init__(self, foreground: LossFn) -> None:
+        self.foreground = foreground
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.foreground(logits[:, :1], target[:, :1]) + distance_mse(logits, target)
+
+    def __repr__(self) -> str:
+        return f"DistanceHeadLoss({getattr(self.foreground, '__name__', self.foreground)!r})"
+
+
+#: Heads whose loss wraps the named one (the others use it as it is).
+HEAD_LOSSES: dict[str, Callable[[LossFn], LossFn]] = {"distance": DistanceHeadLoss}
+
+
+def build_loss(name: str, head: str = "binary") -> LossFn:
+    """Look up a loss by name, adapted to ``head``; unknown names raise ConfigError listing the
+    valid ones.
+
+    For the ``binary``, ``two_class`` and ``boundary`` heads the named loss is used as it is
+    (it adapts to the channel count); for ``distance`` it is wrapped in
+    :class:`DistanceHeadLoss`.
+    """
+    loss = LOSSES.get(name)
+    wrap = HEAD_LOSSES.get(head)
+    return loss if wrap is None else wrap(loss)

@@ -47,7 +47,7 @@ class SegmentationModule(L.LightningModule):
         self.model_cfg = ModelConfig.model_validate(model)
         self.train_cfg = TrainConfig.model_validate(train)
         self.net = build_network(self.model_cfg, in_channels)
-        self.loss_fn = build_loss(self.train_cfg.loss)
+        self.loss_fn = build_loss(self.train_cfg.loss, self.model_cfg.head)
         self.steps_per_epoch = max(1, steps_per_epoch)
         # Validation images with more pixels than (2 * val_tile)² are predicted in tiles.
         self.val_tile = int(val_tile)
@@ -102,7 +102,7 @@ class SegmentationModule(L.LightningModule):
             loss = self.loss_fn(lg, tg)
             self.log("val_loss", loss, on_epoch=True, prog_bar=False, batch_size=1,
                      sync_dist=True)
-            pred = foreground_probability(lg)[0] > 0.5
+            pred = foreground_probability(lg, head=self.model_cfg.head)[0] > 0.5
             self._val_dice.append(_dice(pred, _truth(tg)))
 
     def _validate_tiled(self, image: torch.Tensor, mask: torch.Tensor, sizes: Any) -> None:
@@ -111,7 +111,9 @@ class SegmentationModule(L.LightningModule):
         Only Dice is recorded for them; the validation loss averages the images that fit.
         """
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return foreground_probability(self(self._prepare(x)), keepdim=True)
+            return foreground_probability(
+                self(self._prepare(x)), keepdim=True, head=self.model_cfg.head
+            )
 
         for i, (h, w) in enumerate(sizes):
             prob = predict_tiled(
@@ -156,9 +158,10 @@ class SegmentationModule(L.LightningModule):
 
 
 def _truth(target: torch.Tensor) -> torch.Tensor:
-    """Boolean foreground of a ``(1, 1, H, W)`` binary or ``(1, H, W)`` class target.
+    """Boolean foreground of a ``(1, 1|2, H, W)`` float or ``(1, H, W)`` class target.
 
-    Every class but the background is foreground (the boundary head's interior and boundary).
+    Every class but the background is foreground (the boundary head's interior and boundary);
+    a float target's channel 0 is the mask (the distance head's channel 1 is its distance map).
     """
     return (target[0, 0] > 0.5) if target.dim() == 4 else (target[0] > 0)
 
