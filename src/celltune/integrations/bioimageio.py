@@ -54,8 +54,16 @@ from celltune.inference.export import NORMALIZATION, ExportModule, export_model
 from celltune.inference.files import overlay_outlines, preview
 from celltune.inference.predict import Predictor
 from celltune.integrations.bioimageio_card import model_card
-from celltune.io import NORMALIZE_HIGH, NORMALIZE_LOW, atomic_path, read_image, to_channels
-from celltune.io import percentiles, write_png, write_text
+from celltune.io import (
+    NORMALIZE_HIGH,
+    NORMALIZE_LOW,
+    atomic_path,
+    percentiles,
+    read_image,
+    to_channels,
+    write_png,
+    write_text,
+)
 from celltune.models.build import build_network
 from celltune.rundir import RunDir
 
@@ -116,7 +124,7 @@ def package_network(model: dict[str, Any], in_channels: int) -> nn.Module:
 
 def export_bioimageio(
     run: str | os.PathLike,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None = None,
     *,
     authors: Sequence[str] = (),
     cite: Sequence[str] = (),
@@ -130,7 +138,7 @@ def export_bioimageio(
 
     Args:
         run: Run folder with a checkpoint, config and splits with a validation image.
-        out: The ``.zip`` to write.
+        out: The ``.zip`` to write (default ``RUN/export/model.zip``).
         authors: Names of the people who trained the model (the package's ``authors``).
         cite: ``"TEXT|DOI"`` or ``"TEXT|https://URL"`` entries for the package's ``cite``.
         license: SPDX licence identifier of the weights.
@@ -148,12 +156,12 @@ def export_bioimageio(
     require_bioimageio()
     from bioimageio.spec import save_bioimageio_package
 
-    out = Path(out)
+    rundir = RunDir(run)
+    out = Path(out) if out is not None else rundir.export_dir / "model.zip"
     if out.suffix.lower() != ".zip":
         raise ConfigError(f"--out {out}: a bioimage.io package is a .zip file; use model.zip.")
     if out.exists() and not overwrite:
         raise RunError(f"{out}: already exists; pass --overwrite to replace it.")
-    rundir = RunDir(run)
     predictor = Predictor.from_run(rundir, checkpoint=checkpoint, device="cpu")
     predictor.model.to(memory_format=torch.contiguous_format)
     with tempfile.TemporaryDirectory(prefix="celltune-bioimageio-") as tmp:
@@ -330,7 +338,7 @@ def input_tensor(bio: Any, predictor: Predictor, size: tuple[int, int] | None, f
         axes=[
             bio.BatchAxis(),
             bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names]),
-            *(bio.SpaceInputAxis(id=bio.AxisId(a), size=s) for a, s in zip(spatial, sizes)),
+            *(bio.SpaceInputAxis(id=bio.AxisId(a), size=s) for a, s in zip(spatial, sizes, strict=True)),
         ],
         test_tensor=bio.FileDescr(source=folder / FILES["test_input"]),
         data=bio.IntervalOrRatioDataDescr(type="float32"),
