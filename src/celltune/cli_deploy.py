@@ -82,31 +82,57 @@ def predict(
 
 def export(
     run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
-    format: Annotated[str, Opt("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Path | None, Opt(
-        help="Model file to write (default: RUN/export/model.onnx or .pt).")] = None,
+    format: Annotated[str, Opt("--format", help="onnx, torchscript or bioimageio.")] = "onnx",
+    out: Annotated[Path | None, Opt(help=(
+        "File to write (default: RUN/export/model.onnx, .pt, or model.zip for bioimageio)."))
+    ] = None,
     opset: Annotated[int, Opt(help="ONNX opset version.")] = 17,
     size: Annotated[str | None, Opt(
         help="Fixed input size HxW instead of dynamic height and width.")] = None,
     logits: Annotated[
         bool, Opt(help="Export raw logits instead of the foreground probability.")
     ] = False,
+    author: Annotated[list[str] | None, Opt(
+        help="bioimageio: an author of the model (repeat for several).")] = None,
+    cite: Annotated[list[str] | None, Opt(
+        help="bioimageio: a citation 'TEXT|DOI' or 'TEXT|https://URL' (repeatable).")] = None,
+    license: Annotated[str, Opt(help="bioimageio: SPDX licence of the weights.")] = "MIT",
     checkpoint: Annotated[str, Opt(help="Checkpoint: best or last.")] = "best",
     overwrite: Annotated[bool, Opt(help="Replace an existing export.")] = False,
 ) -> None:
-    """Export a run's network to ONNX or TorchScript, with a JSON of what the input needs.
+    """Export a run's network to ONNX or TorchScript, or as a bioimage.io model package.
 
     The exported graph takes (N, C, H, W) float32 images already percentile-normalised to
     [0, 1] (H and W multiples of 32) and returns the foreground probability (N, 1, H, W); any
     ImageNet normalisation is inside the graph. <name>.json beside it holds the threshold,
     head, channels, normalisation and size divisor. The export is checked against PyTorch.
 
-    Example:
+    --format bioimageio writes a zip for Fiji/deepImageJ, ilastik, QuPath and napari:
+    TorchScript, ONNX and state-dict weights, the percentile normalisation as preprocessing,
+    a validation image as test tensors and a README with the run's numbers (needs
+    pip install "celltune[bioimageio]").
+
+    Examples:
 
       celltune export runs/unet --format onnx --out deploy/unet.onnx
+
+      celltune export runs/unet --format bioimageio --out model.zip --author "Ada Lovelace"
     """
     from celltune.inference.export import export_run, parse_size
 
-    result = export_run(run, format=format, out=out, opset=opset, size=parse_size(size),
-                        logits=logits, checkpoint=checkpoint, overwrite=overwrite)
+    if format.lower() == "bioimageio":
+        from celltune.errors import ConfigError
+        from celltune.integrations.bioimageio import export_bioimageio
+
+        if logits:
+            raise ConfigError("--logits does not apply to --format bioimageio (its output is "
+                              "the foreground probability).")
+
+        result = export_bioimageio(
+            run, out, authors=author or (), cite=cite or (), license=license,
+            size=parse_size(size), checkpoint=checkpoint, overwrite=overwrite,
+        )
+    else:
+        result = export_run(run, format=format, out=out, opset=opset, size=parse_size(size),
+                            logits=logits, checkpoint=checkpoint, overwrite=overwrite)
     Console().print(result.summary(), highlight=False, soft_wrap=True)
