@@ -35,17 +35,26 @@ def disc_image(shape: tuple[int, int], centres, radius: float, value: int = 1000
     return img
 
 
-def straddling_centres(shape: tuple[int, int], block: int, n_random: int, seed: int = 0):
-    """Random disc centres plus discs centred on block edges and on block corners."""
+def straddling_centres(
+    shape: tuple[int, int], block: int, n_random: int, seed: int = 0, gap: float = 0.0
+):
+    """Disc centres on block edges and corners, plus random ones at least ``gap`` apart from
+    every other centre (0: they may overlap and touch)."""
     rng = np.random.default_rng(seed)
     h, w = shape
-    centres = [(int(rng.integers(12, h - 12)), int(rng.integers(12, w - 12)))
-               for _ in range(n_random)]
+    centres: list[tuple[int, int]] = []
     for y in range(block, h, block):
         centres += [(y, x) for x in range(block // 3, w, block)]  # cut by a row edge
         centres += [(y, x) for x in range(block, w, block)]  # on a corner
     for x in range(block, w, block):
         centres += [(y, x) for y in range(2 * block // 3, h, block)]  # cut by a column edge
+    for _ in range(n_random * 20):
+        if n_random == 0:
+            break
+        c = (int(rng.integers(12, h - 12)), int(rng.integers(12, w - 12)))
+        if all((c[0] - a) ** 2 + (c[1] - b) ** 2 >= gap * gap for a, b in centres):
+            centres.append(c)
+            n_random -= 1
     return centres
 
 

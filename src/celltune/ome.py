@@ -318,7 +318,7 @@ def _multiscales(
     axis_list = []
     for a in axes:
         entry: dict[str, Any] = {"name": a, "type": {"c": "channel", "t": "time"}.get(a, "space")}
-        if a in "zyx":
+        if a in "zyx" and pixel_size:  # no unit: the size is unknown, not 1 µm
             entry["unit"] = "micrometer"
         axis_list.append(entry)
     datasets = []
