@@ -10,7 +10,6 @@ zarr = pytest.importorskip("zarr", reason="slide prediction needs the [ome] extr
 from celltune.errors import DataError  # noqa: E402
 from celltune.inference import parallel, slides  # noqa: E402
 from celltune.inference.parallel import global_ids, plan_blocks  # noqa: E402
-from celltune.ome import create_ngff_labels  # noqa: E402
 from slide_helpers import (  # noqa: E402
     disc_image,
     same_partition,

@@ -472,9 +472,9 @@ def create_ngff_labels(
     version = version or "0.4"
     fmt = _check_version(version)
     writer = LabelsWriter(root, name, version)
-    if resume and (writer.partial / "0").exists():
-        if tuple(writer.open_array("r").shape) == tuple(shape_yx):
-            return writer
+    if (resume and (writer.partial / "0").exists()
+            and tuple(writer.open_array("r").shape) == tuple(shape_yx)):
+        return writer
     writer.discard()
     zarr.open_group(store=str(root), mode="a", zarr_format=fmt)
     zarr.open_group(store=str(root / "labels"), mode="a", zarr_format=fmt)

@@ -229,7 +229,7 @@ class Predictor:
             raise ConfigError(f"--pixel-size must be positive (µm), got {pixel_size}.")
         k = pixel_size / self.pixel_size
         other.resize = (self.resize or 1.0) * k
-        other.min_size = int(round(self.min_size / k**2))
+        other.min_size = round(self.min_size / k**2)
         other.h = self.h / k
         return other
 
