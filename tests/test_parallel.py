@@ -175,3 +175,31 @@ def test_a_two_worker_local_cluster_matches_one_process(tmp_path):
     a, b = _labels(one.slides[0].labels), _labels(two.slides[0].labels)
     assert same_partition(a, b) or (a != b).mean() < 1e-3
     assert two.slides[0].peak_rss_kib > 0
+
+
+def test_cli_predicts_an_ome_zarr_and_an_ome_tiff(tmp_path):
+    from typer.testing import CliRunner
+
+    from celltune.cli import app
+    from celltune.ome import open_slide, write_ome_tiff
+    from tiny_runs import make_run
+
+    run = make_run(tmp_path)
+    image = disc_image((300, 280), straddling_centres((300, 280), 128, 10), radius=8)
+    write_slide(tmp_path / "a.ome.zarr", image)
+    write_ome_tiff(tmp_path / "b.ome.tif", image, pixel_size=0.5)
+    args = ["predict", str(run), str(tmp_path / "a.ome.zarr"), str(tmp_path / "b.ome.tif"),
+            "--out", str(tmp_path / "out"), "--block", "128", "--margin", "24", "--save-prob",
+            "--no-progress", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Predicted 2 of 2 slide(s)" in result.output
+    for stem in ("a", "b"):
+        assert (tmp_path / "out" / f"{stem}.zarr" / "labels" / "cells" / "0").exists()
+        assert open_slide(tmp_path / "out" / f"{stem}.zarr" / "probability").shape == (300, 280)
+    labels_tif = open_slide(tmp_path / "out" / "b_labels.ome.tif")
+    assert labels_tif.pixel_size == pytest.approx(0.5) and labels_tif.shape_yx == (300, 280)
+    zarr_labels = _labels(tmp_path / "out" / "b.zarr" / "labels" / "cells")
+    np.testing.assert_array_equal(labels_tif.read()[..., 0], zarr_labels)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output

@@ -172,7 +172,8 @@ def open_slide(path: str | os.PathLike, level: int = 0) -> Slide:
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: file not found.")
-    slide = _open_zarr(path, level) if is_zarr_path(path) else _open_tiff(path, level)
+    zarr_like = is_zarr_path(path) or path.is_dir()
+    slide = _open_zarr(path, level) if zarr_like else _open_tiff(path, level)
     for axis, size in zip(slide.axes, slide.shape, strict=True):
         if axis in "tz" and size != 1:
             raise DataError(

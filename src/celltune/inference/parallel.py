@@ -197,6 +197,12 @@ def run_block(predictor: Predictor, job: BlockJob, block: Block) -> dict[str, in
 
 
 def _peak_rss_kib() -> int:
+    """This process's peak RSS: VmHWM on Linux (its own address space; ru_maxrss can carry
+    the parent's peak over fork and exec), else ru_maxrss."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak // 1024 if sys.platform == "darwin" else peak)
 
