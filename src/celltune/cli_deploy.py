@@ -18,6 +18,7 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
+# typer reads every option from this signature, so it grows with the options.
 def predict(
     run: Annotated[Path, Arg(help="Run folder (config.yaml, checkpoints/).")],
     inputs: Annotated[list[str], Arg(help="Image files, folders or glob patterns (quote globs).")],
@@ -49,6 +50,19 @@ def predict(
     device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
     overwrite: Annotated[bool, Opt(help="Replace existing outputs.")] = False,
     progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
+    workers: Annotated[int, Opt(help=(
+        "Slides: parallel block workers (local Dask processes; 1 = this process)."))] = 1,
+    scheduler: Annotated[str | None, Opt(help=(
+        "Slides: address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786."))] = None,
+    pixel_size: Annotated[float | None, Opt(help=(
+        "Slides: µm per pixel where the slide's metadata has none."))] = None,
+    block: Annotated[int, Opt(help="Slides: block side in pixels (memory per worker).")] = 1024,
+    margin: Annotated[int, Opt(help=(
+        "Slides: context around a block for labelling; wider than the largest cell."))] = 128,
+    in_place: Annotated[bool, Opt(help=(
+        "Slides: write labels into the input OME-Zarr instead of OUT/<stem>.zarr."))] = False,
+    resume: Annotated[bool, Opt(help=(
+        "Slides: skip finished slides and blocks of an interrupted call."))] = False,
 ) -> None:
     """Segment images of any size with a trained run; write masks, labels, overlays, counts.
 
@@ -63,11 +77,29 @@ def predict(
       celltune predict runs/unet images/ "more/*.tif" --out predictions --tile 512 --tta
 
       celltune predict runs/unet images/ --out predictions --geojson --csv
+
+      celltune predict runs/unet slide.ome.zarr --out predictions --workers 2 --resume
+
+    Whole slides (*.zarr OME-Zarr folders, *.ome.tif) are predicted block by block into
+    OUT/<stem>.zarr/labels/cells (NGFF labels; --in-place: into the input Zarr), plus
+    OUT/<stem>_labels.ome.tif for an OME-TIFF; see the README's "Whole slides".
     """
     from celltune.inference.batch import predict_files
+    from celltune.ome import is_slide
 
     tune_allocator()
     console = Console()
+    slides = [i for i in inputs if is_slide(i)]
+    if slides:
+        options = dict(workers=workers, scheduler=scheduler, pixel_size=pixel_size, block=block,
+                       margin=margin, in_place=in_place, resume=resume, save_prob=save_prob,
+                       overwrite=overwrite, device=device, checkpoint=checkpoint)
+        ok = _predict_slides(run, slides, out, options, console, progress)
+        inputs = [i for i in inputs if not is_slide(i)]
+        if not inputs:
+            if not ok:
+                raise typer.Exit(1)
+            return
     result = predict_files(
         run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
         overlay=overlay, geojson=geojson, cells_csv=cells_csv, overwrite=overwrite, tile=tile, overlap=overlap, batch_size=batch_size,
@@ -78,6 +110,30 @@ def predict(
     console.print(f"[{style}]{result.summary()}[/]", highlight=False, soft_wrap=True)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _predict_slides(run: Path, slides: list[str], out: Path, options: dict, console: Console,
+                    progress: bool) -> bool:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from celltune.inference.slides import predict_slides
+
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not progress) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_block(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"{name} blocks", total=total)
+            bar.update(tasks[name], completed=done)
+
+        batch = predict_slides(run, slides, out, on_block=on_block, **options)
+    for result in batch.slides:
+        console.print(f"{result.path.name}: {result.cells} cells in {result.seconds:.1f} s -> "
+                      f"{result.labels}", highlight=False, soft_wrap=True)
+    style = "green" if batch.ok else "bold red"
+    console.print(f"[{style}]{batch.summary()}[/]", highlight=False, soft_wrap=True)
+    return batch.ok
 
 
 def export(

@@ -62,6 +62,10 @@ class DataConfig(_Section):
         0.0, ge=0.0, le=1.0, description="probability a crop is centred on a foreground pixel"
     )
     resize: float | None = Field(None, gt=0.0, description="rescale factor applied on load")
+    pixel_size: float | None = Field(
+        None, gt=0.0, description="physical pixel size of the training images in µm, if known; "
+        "prediction rescales images of another pixel size to it"
+    )
     cache: bool = Field(True, description="keep decoded, normalised images in memory")
     num_workers: int = Field(0, ge=0)
 

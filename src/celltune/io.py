@@ -336,32 +336,51 @@ NORMALIZE_LOW, NORMALIZE_HIGH = 1.0, 99.8
 
 
 def normalize(
-    image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH, eps: float = 1e-6
+    image: np.ndarray,
+    low: float = NORMALIZE_LOW,
+    high: float = NORMALIZE_HIGH,
+    eps: float = 1e-6,
+    bounds: list[tuple[float, float]] | None = None,
 ) -> np.ndarray:
     """Map each channel to ``[0, 1]`` between its ``low`` and ``high`` percentiles, clipped.
 
     Robust to a high floor (16-bit images whose darkest pixel is 27000) because it uses the
     image's own percentiles, and to constant images, which map to all zeros. When the
     percentile range collapses (sparse bright spots on an empty field) it falls back to
-    the full min-max range.
+    the full min-max range. ``bounds`` (one ``(lo, hi)`` per channel, from
+    :func:`normalize_bounds` of a whole slide) replaces the image's own, so blocks of a slide
+    are normalised alike.
     """
     img = np.asarray(image, dtype=np.float32)
     squeeze = img.ndim == 2
     if squeeze:
         img = img[:, :, None]
+    bounds = bounds or normalize_bounds(img, low, high, eps)
     out = np.empty_like(img)
+    for c, (lo, hi) in enumerate(bounds):
+        if hi - lo <= eps * max(1.0, abs(hi)):
+            out[..., c] = 0.0
+            continue
+        np.subtract(img[..., c], lo, out=out[..., c])
+        out[..., c] *= 1.0 / (hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out[..., 0] if squeeze else out
+
+
+def normalize_bounds(
+    image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH, eps: float = 1e-6
+) -> list[tuple[float, float]]:
+    """Per channel of ``(H, W, C)``, the ``(lo, hi)`` that :func:`normalize` maps to 0 and 1."""
+    img = np.asarray(image, dtype=np.float32)
+    img = img[:, :, None] if img.ndim == 2 else img
+    bounds = []
     for c in range(img.shape[-1]):
         ch = img[..., c]
         lo, hi = percentiles(ch, low, high)
         if hi - lo <= eps * max(1.0, abs(hi)):
             lo, hi = float(ch.min()), float(ch.max())
-        if hi - lo <= eps * max(1.0, abs(hi)):
-            out[..., c] = 0.0
-            continue
-        np.subtract(ch, lo, out=out[..., c])
-        out[..., c] *= 1.0 / (hi - lo)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out[..., 0] if squeeze else out
+        bounds.append((lo, hi))
+    return bounds
 
 
 def is_constant(image: np.ndarray) -> bool:

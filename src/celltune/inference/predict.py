@@ -34,7 +34,7 @@ from celltune.inference.instances import (
     label_instances_tiled,
 )
 from celltune.inference.tiling import count_tiles, predict_tiled
-from celltune.io import normalize, to_channels
+from celltune.io import normalize, normalize_bounds, to_channels
 from celltune.models.base import INSTANCE_HEADS
 from celltune.models.build import class_probabilities, foreground_probability
 from celltune.models.checkpoint import load_model_from_checkpoint
@@ -121,6 +121,7 @@ class Predictor:
         tta: bool = False,
         device: str | torch.device | None = None,
         instances: dict[str, Any] | None = None,
+        pixel_size: float | None = None,
     ) -> None:
         check_tiling(tile, overlap, batch_size)
         self.device = resolve_device(device)
@@ -135,6 +136,13 @@ class Predictor:
         self.overlap = overlap
         self.batch_size = batch_size
         self.tta = tta
+        #: Pixel size (µm) of the training images, when the run records it.
+        self.pixel_size = pixel_size
+        #: Pixel size (µm) of the images this predictor is set for (:meth:`at_pixel_size`).
+        self.input_pixel_size: float | None = None
+        #: Fixed per-channel normalisation ``(lo, hi)`` (:meth:`with_normalization`); None =
+        #: each image's own percentiles.
+        self.bounds: list[tuple[float, float]] | None = None
         #: The instance step (:meth:`label`): method, h, seed_threshold, min_size.
         self.instance_method = "watershed"
         #: Binary heads' watershed: how far a distance peak must rise to seed its own cell.
@@ -208,6 +216,42 @@ class Predictor:
         other._set_instances({k: v for k, v in (instances or {}).items() if v is not None})
         return other
 
+    def at_pixel_size(self, pixel_size: float | None) -> Predictor:
+        """A copy for images whose pixels are ``pixel_size`` µm wide.
+
+        When the run records the pixel size it was trained at, images are rescaled by
+        ``pixel_size / trained`` (on top of the run's ``resize``) so cells appear at the
+        trained scale; the probability comes back on the input grid and the instance step's
+        pixel measures (``min_size``, ``h``) are scaled to that grid. Without either pixel
+        size the copy predicts as this predictor does.
+        """
+        other = copy.copy(self)
+        other.source = dict(self.source)
+        other.input_pixel_size = pixel_size
+        if pixel_size is None or self.pixel_size is None or pixel_size == self.pixel_size:
+            return other
+        if pixel_size <= 0:
+            raise ConfigError(f"--pixel-size must be positive (µm), got {pixel_size}.")
+        k = pixel_size / self.pixel_size
+        other.resize = (self.resize or 1.0) * k
+        other.min_size = round(self.min_size / k**2)
+        other.h = self.h / k
+        return other
+
+    def with_normalization(self, bounds: list[tuple[float, float]] | None) -> Predictor:
+        """A copy that normalises every image with fixed per-channel ``(lo, hi)`` bounds
+        (blocks of one slide must share them), or by each image's percentiles (None)."""
+        other = copy.copy(self)
+        other.source = dict(self.source)
+        other.bounds = None if bounds is None else [(float(a), float(b)) for a, b in bounds]
+        return other
+
+    def normalization_bounds(self, image: np.ndarray) -> list[tuple[float, float]]:
+        """The bounds :meth:`preprocess` would use for ``image`` (a slide's overview)."""
+        img = np.asarray(image, dtype=np.float32)
+        img = img[:, :, None] if img.ndim == 2 else img
+        return normalize_bounds(to_channels(img, self.channels))
+
     def describe(self) -> dict[str, Any]:
         """Everything that determines the output, as JSON-ready values."""
         return {
@@ -217,6 +261,8 @@ class Predictor:
             "channels": self.channels,
             "threshold": self.threshold,
             "resize": self.resize,
+            "pixel_size": self.pixel_size,
+            "input_pixel_size": self.input_pixel_size,
             "tile": self.tile,
             "overlap": self.overlap,
             "batch_size": self.batch_size,
@@ -260,6 +306,7 @@ class Predictor:
             "overlap": cfg.eval.overlap,
             "batch_size": cfg.eval.batch_size,
             "instances": run.read_postprocess(),
+            "pixel_size": cfg.data.pixel_size,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         predictor = cls(model, **kwargs)
@@ -271,7 +318,7 @@ class Predictor:
         img = np.asarray(image, dtype=np.float32)
         if img.ndim == 2:
             img = img[:, :, None]
-        img = normalize(to_channels(img, self.channels))
+        img = normalize(to_channels(img, self.channels), bounds=self.bounds)
         return np.ascontiguousarray(np.moveaxis(img, -1, 0))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,316 @@
+"""Block-parallel prediction of whole slides, on one process, local workers or a Dask cluster.
+
+A slide's plane is cut into ``block``-sized cores (:func:`plan_blocks`). Each block reads its
+core plus ``margin`` pixels of labelling context plus ``context`` pixels of network context,
+predicts that region with the :class:`~celltune.inference.predict.Predictor`, labels the
+core-plus-margin window with the predictor's instance step and writes only its core into the
+output label array. So every output pixel is written by exactly one block, and blocks never
+write the same zarr chunk (cores are whole chunks).
+
+Cells crossing a core edge are whole and counted once because every block that sees a cell
+gives it the same id, computed from the cell itself: its centroid picks the owning core
+(like :func:`~celltune.inference.instances.label_by_windows`), and its first pixel in raster
+order, relative to the owner's window, numbers it within the owner. Centroids are exact
+(integer sums), so two windows that label a cell with the same pixels agree on its id. That
+holds for a cell narrower than ``margin``: use a margin wider than the largest cell. Ids are
+unique over the slide but not consecutive.
+
+Memory per worker is bounded by one block's window, not the slide: about 150 bytes per
+window pixel (image, probability, the watershed), ~300 MB for the default 1024 + 2x192.
+
+Workers: 1 runs the blocks in this process (no Dask needed); more start a
+``distributed.LocalCluster`` of that many single-threaded processes, or threads when
+``distributed`` is not installed; ``scheduler="tcp://host:8786"`` uses a running cluster
+whose workers can read the slide's path and write the output's.
+
+Example:
+    >>> labels = predict_blocks(predictor, slide.source, writer, slide.shape_yx)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from celltune.errors import ConfigError
+from celltune.inference.predict import Predictor
+from celltune.io import write_text
+from celltune.ome import LabelsWriter, SlideSource
+
+#: Sidecar in the partial label group listing finished blocks (for resume).
+DONE_FILE = "celltune_blocks.json"
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: ``core`` is written, ``window`` labelled, ``read`` predicted."""
+
+    index: int
+    core: Box
+    window: Box
+    read: Box
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a plane is cut; also the fingerprint a resumed run must match."""
+
+    shape: tuple[int, int]
+    block: int
+    margin: int
+    context: int
+
+    def __post_init__(self) -> None:
+        if self.block < 32 or self.margin < 0 or self.context < 0:
+            raise ConfigError(
+                f"--block must be >= 32 pixels and margins >= 0, got block {self.block}, "
+                f"margin {self.margin}, context {self.context}."
+            )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Blocks along y and x."""
+        return math.ceil(self.shape[0] / self.block), math.ceil(self.shape[1] / self.block)
+
+    @property
+    def id_stride(self) -> int:
+        """Ids reserved per block: one per window pixel."""
+        side = self.block + 2 * self.margin
+        return side * side
+
+    def blocks(self) -> list[Block]:
+        """Every block, in raster order of the cores."""
+        out = []
+        ny, nx = self.grid
+        for by in range(ny):
+            for bx in range(nx):
+                core = self._box(by, bx, 0)
+                out.append(Block(by * nx + bx, core, self._box(by, bx, self.margin),
+                                 self._box(by, bx, self.margin + self.context)))
+        return out
+
+    def _box(self, by: int, bx: int, pad: int) -> Box:
+        h, w = self.shape
+        y0, x0 = by * self.block, bx * self.block
+        return (max(0, y0 - pad), min(h, y0 + self.block + pad),
+                max(0, x0 - pad), min(w, x0 + self.block + pad))
+
+    def label_dtype(self) -> type:
+        """int32 when every possible id fits, else int64."""
+        ny, nx = self.grid
+        return np.int32 if ny * nx * self.id_stride < np.iinfo(np.int32).max else np.int64
+
+
+def plan_blocks(shape: tuple[int, int], block: int = 1024, margin: int = 128,
+                context: int = 64) -> BlockPlan:
+    """A :class:`BlockPlan` for a ``(height, width)`` plane."""
+    return BlockPlan((int(shape[0]), int(shape[1])), int(block), int(margin), int(context))
+
+
+def global_ids(cells: np.ndarray, plan: BlockPlan, window: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Slide-wide ids of a window's cells (lookup table by local id) and each cell's owner.
+
+    The owner is the block whose core holds the cell's centroid; the id is the owner's index
+    times :attr:`BlockPlan.id_stride` plus the cell's first pixel's position in the owner's
+    window, plus one.
+    """
+    n = int(cells.max()) if cells.size else 0
+    lut = np.zeros(n + 1, dtype=np.int64)
+    owner = np.full(n + 1, -1, dtype=np.int64)
+    if n == 0:
+        return lut, owner
+    wy, _, wx, _ = window
+    flat = np.flatnonzero(cells)
+    ids = cells.ravel()[flat]
+    ys, xs = np.divmod(flat, cells.shape[1])
+    area = np.bincount(ids, minlength=n + 1)
+    present = area > 0
+    present[0] = False
+    safe = np.maximum(area, 1)
+    # Integer sums are exact in float64, so every window finds the same centroid.
+    cy = (np.bincount(ids, weights=ys, minlength=n + 1) + area * wy) / safe
+    cx = (np.bincount(ids, weights=xs, minlength=n + 1) + area * wx) / safe
+    first = np.full(n + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, ids, flat)
+    fy, fx = np.divmod(np.where(present, first, 0), cells.shape[1])
+    ny, nx = plan.grid
+    by = np.clip((cy // plan.block).astype(np.int64), 0, ny - 1)
+    bx = np.clip((cx // plan.block).astype(np.int64), 0, nx - 1)
+    side = plan.block + 2 * plan.margin
+    oy = np.maximum(by * plan.block - plan.margin, 0)
+    ox = np.maximum(bx * plan.block - plan.margin, 0)
+    # A cell wider than the margin can start outside its owner's window: clip, rarely shared.
+    py = np.clip(fy + wy - oy, 0, side - 1)
+    px = np.clip(fx + wx - ox, 0, side - 1)
+    index = by * nx + bx
+    lut[present] = (index * plan.id_stride + py * side + px + 1)[present]
+    owner[present] = index[present]
+    return lut, owner
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """What a worker needs besides the predictor: where to read and write (picklable)."""
+
+    source: SlideSource
+    labels: str  # path of the label array (partial group level 0)
+    probability: str | None
+    plan: BlockPlan
+    threads: int = 0  # torch threads per worker; 0 leaves torch's default
+
+
+def run_block(predictor: Predictor, job: BlockJob, block: Block) -> dict[str, int]:
+    """Predict, label and write one block; returns its index, owned cells and peak RSS (KiB)."""
+    import zarr
+
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    ry0, ry1, rx0, rx1 = block.read
+    image = job.source.read((slice(ry0, ry1), slice(rx0, rx1)))
+    prediction = predictor.predict(image)
+    wy0, wy1, wx0, wx1 = block.window
+    inner = (slice(wy0 - ry0, wy1 - ry0), slice(wx0 - rx0, wx1 - rx0))
+    classes = None if prediction.classes is None else prediction.classes[(slice(None), *inner)]
+    cells = predictor.label(prediction.mask[inner], classes)
+    lut, owner = global_ids(cells, job.plan, block.window)
+    cy0, cy1, cx0, cx1 = block.core
+    core = (slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
+    out = zarr.open_array(store=job.labels, mode="r+")
+    out[cy0:cy1, cx0:cx1] = lut[cells[core]].astype(out.dtype, copy=False)
+    if job.probability:
+        prob = prediction.probability[inner][core]
+        array = zarr.open_array(store=job.probability, mode="r+")
+        array[cy0:cy1, cx0:cx1] = np.round(prob * 255.0).astype(np.uint8)
+    return {"index": block.index, "cells": int(np.count_nonzero(owner == block.index)),
+            "peak_rss_kib": _peak_rss_kib()}
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak RSS: VmHWM on Linux (its own address space; ru_maxrss can carry
+    the parent's peak over fork and exec), else ru_maxrss."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak // 1024 if sys.platform == "darwin" else peak)
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+def read_done(writer: LabelsWriter, fingerprint: dict[str, Any]) -> set[int]:
+    """Blocks a previous run of the same plan and predictor finished (empty otherwise)."""
+    path = writer.partial / DONE_FILE
+    if not path.is_file():
+        return set()
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    return set(record.get("done", [])) if record.get("fingerprint") == fingerprint else set()
+
+
+def write_done(writer: LabelsWriter, fingerprint: dict[str, Any], done: set[int]) -> None:
+    """Record finished blocks atomically (a block is listed only after its write returned)."""
+    write_text(writer.partial / DONE_FILE,
+               json.dumps({"fingerprint": fingerprint, "done": sorted(done)}))
+
+
+def fingerprint(plan: BlockPlan, predictor: Predictor) -> dict[str, Any]:
+    """What must match for finished blocks to be reused."""
+    settings = {k: v for k, v in predictor.describe().items() if k not in ("device", "batch_size")}
+    return json.loads(json.dumps({"plan": asdict(plan), "predictor": settings,
+                                  "bounds": predictor.bounds}, default=str))
+
+
+# --- execution -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``scheduler``, or a local cluster of ``workers``
+    single-threaded processes; None for one worker (blocks run in this process)."""
+    if scheduler is None and workers <= 1:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        if scheduler:
+            raise ConfigError(
+                "--scheduler needs dask's distributed package: pip install 'celltune[ome]'."
+            ) from exc
+        yield None  # threads instead, see run_blocks
+        return
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise ConfigError(f"--scheduler {scheduler}: no Dask scheduler answers ({exc}).") from exc
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_blocks(
+    predictor: Predictor,
+    job: BlockJob,
+    blocks: list[Block],
+    *,
+    client: Any = None,
+    workers: int = 1,
+    on_result: Callable[[dict[str, int]], None] | None = None,
+) -> list[dict[str, int]]:
+    """Run ``blocks`` on ``client`` (Dask), on ``workers`` threads, or here, one by one.
+
+    ``on_result`` is called in this process as each block finishes. The first failing block
+    cancels the rest and its error is raised.
+    """
+    results: list[dict[str, int]] = []
+
+    def done(result: dict[str, int]) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    if client is not None:
+        from distributed import as_completed
+
+        remote = client.scatter(predictor, broadcast=True)
+        futures = client.map(run_block, [remote] * len(blocks), [job] * len(blocks), blocks,
+                             pure=False)
+        try:
+            for future in as_completed(futures):
+                done(future.result())
+        finally:
+            client.cancel(futures)
+    elif workers > 1:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = [pool.submit(run_block, predictor, job, b) for b in blocks]
+            try:
+                for future in as_completed(pending):
+                    done(future.result())
+            finally:
+                for future in pending:
+                    future.cancel()
+    else:
+        for block in blocks:
+            done(run_block(predictor, job, block))
+    return results

@@ -1,0 +1,321 @@
+"""Predict whole slides (OME-Zarr, OME-TIFF) block by block into NGFF label images.
+
+For every slide ``<stem>.ome.zarr`` / ``<stem>.ome.tif`` the output folder receives
+``<stem>.zarr`` holding ``labels/cells`` (NGFF image-label, int32 or int64 instance ids,
+0 = background; the slide's pixel size in its ``scale``) and, with ``save_prob``,
+``probability`` (uint8, probability x 255). With ``in_place`` the labels join the input
+OME-Zarr instead, where viewers find them beside the image. An OME-TIFF input also gets
+``<stem>_labels.ome.tif``. A slide whose blocks all finished is committed; one that failed
+leaves no ``labels/cells`` (its partial group stays, hidden, for ``resume``). Bad slides are
+reported and skipped; the batch continues.
+
+Example:
+    >>> batch = predict_slides("runs/unet", ["slide.ome.zarr"], "out", workers=2)  # doctest: +SKIP
+    >>> batch.slides[0].cells                                                    # doctest: +SKIP
+    48213
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from celltune.errors import CelltuneError, DataError, RunError
+from celltune.inference.files import Failure
+from celltune.inference.parallel import (
+    DONE_FILE,
+    BlockJob,
+    dask_client,
+    fingerprint,
+    plan_blocks,
+    read_done,
+    run_blocks,
+    write_done,
+)
+from celltune.inference.predict import Predictor
+from celltune.ome import (
+    OME_TIFF_SUFFIXES,
+    Slide,
+    create_ngff_labels,
+    create_ome_zarr,
+    is_slide,
+    is_zarr_path,
+    open_slide,
+)
+
+#: Pixels read to estimate a slide's normalisation percentiles.
+OVERVIEW_PIXELS = 4_000_000
+LABEL_NAME = "cells"
+#: Block-done records are saved at most this often (seconds), and at the end.
+_SAVE_EVERY = 2.0
+
+
+@dataclass
+class SlideResult:
+    """One slide's outputs and numbers (peak RSS: the largest of any worker, KiB)."""
+
+    path: Path
+    labels: Path
+    cells: int
+    blocks: int
+    reused_blocks: int
+    seconds: float
+    peak_rss_kib: int
+    pixel_size: float | None
+    extra: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class SlideBatch:
+    """The outcome of :func:`predict_slides`."""
+
+    out: Path
+    slides: list[SlideResult] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no slide failed."""
+        return not self.failures
+
+    def summary(self) -> str:
+        """One line for the end of a command."""
+        total = len(self.slides) + len(self.skipped) + len(self.failures)
+        line = f"Predicted {len(self.slides)} of {total} slide(s) into {self.out}"
+        if self.skipped:
+            line += f" ({len(self.skipped)} already done)"
+        if self.failures:
+            line += "; failed: " + "; ".join(f.error for f in self.failures[:3])
+        return line + "."
+
+
+def slide_stem(path: str | os.PathLike) -> str:
+    """``a/b.ome.zarr`` -> ``b`` (also ``.zarr``, ``.ome.tif``, ``.ome.tiff``)."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in (".ome.zarr", ".zarr", *OME_TIFF_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def overview_bounds(slide: Slide, predictor: Predictor) -> list[tuple[float, float]]:
+    """Normalisation bounds of the whole slide from at most :data:`OVERVIEW_PIXELS` pixels:
+    a coarser pyramid level when it is small enough, else every ``s``-th row and column."""
+    if slide.levels > 1:
+        for level in range(1, slide.levels):
+            coarse = open_slide(slide.path, level)
+            h, w = coarse.shape_yx
+            if h * w <= OVERVIEW_PIXELS:
+                return predictor.normalization_bounds(coarse.read())
+    h, w = slide.shape_yx
+    step = max(1, math.ceil(math.sqrt(h * w / OVERVIEW_PIXELS)))
+    return predictor.normalization_bounds(slide.read((slice(0, h, step), slice(0, w, step))))
+
+
+def slide_predictor(predictor: Predictor, slide: Slide, pixel_size: float | None) -> Predictor:
+    """The predictor for this slide: its pixel size and its whole-slide normalisation.
+
+    Raises:
+        DataError: the run records a training pixel size and the slide has none (and no
+            ``pixel_size`` was given).
+    """
+    size = slide.pixel_size or pixel_size
+    if size is None and predictor.pixel_size is not None:
+        raise DataError(
+            f"{slide.path}: has no physical pixel size in its metadata and the run was trained "
+            f"at {predictor.pixel_size} µm per pixel; pass --pixel-size UM."
+        )
+    scaled = predictor.at_pixel_size(size)
+    return scaled.with_normalization(overview_bounds(slide, scaled))
+
+
+# The steps read in order: plan, resume record, run, commit; splitting them hides the flow.
+def predict_slide(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    root: str | os.PathLike,
+    *,
+    block: int = 1024,
+    margin: int = 128,
+    context: int = 64,
+    client: Any = None,
+    workers: int = 1,
+    pixel_size: float | None = None,
+    resume: bool = False,
+    save_prob: bool = False,
+    on_block: Callable[[int, int], None] | None = None,
+) -> SlideResult:
+    """Predict one slide into ``root/labels/cells`` (``root`` may be the input OME-Zarr).
+
+    Args:
+        predictor: the run's predictor (tiling, threshold, instance step).
+        path: an OME-Zarr folder or OME-TIFF file.
+        root: the Zarr that receives the labels (created if missing).
+        block, margin, context: core side, labelling margin (wider than the largest cell)
+            and extra network context, in pixels.
+        client, workers: a Dask client from :func:`~celltune.inference.parallel.dask_client`,
+            or None with ``workers`` threads (1: this process).
+        pixel_size: µm per pixel when the slide's metadata has none.
+        resume: keep the blocks a previous, interrupted call finished.
+        save_prob: also write ``root/probability`` (uint8).
+        on_block: called with (blocks done, blocks in all) as blocks finish.
+    """
+    start = time.perf_counter()
+    slide = open_slide(path)
+    ready = slide_predictor(predictor, slide, pixel_size)
+    plan = plan_blocks(slide.shape_yx, block, margin, context)
+    size = slide.pixel_size or pixel_size
+    writer = create_ngff_labels(root, LABEL_NAME, slide.shape_yx, pixel_size=size, chunks=block,
+                                dtype=plan.label_dtype(), resume=resume)
+    prob_path = None
+    if save_prob:
+        prob_path = Path(root) / "probability"
+        if not (resume and (prob_path / "0").exists()):
+            create_ome_zarr(prob_path, slide.shape_yx, np.uint8, pixel_size=size,
+                            chunks=(block, block), version=writer.version)
+    key = fingerprint(plan, ready)
+    done = read_done(writer, key) if resume else set()
+    todo = [b for b in plan.blocks() if b.index not in done]
+    job = BlockJob(slide.source, str(writer.partial / "0"),
+                   None if prob_path is None else str(prob_path / "0"), plan,
+                   threads=1 if client is not None else 0)
+    total, reused = len(plan.blocks()), len(done)
+    results: list[dict[str, int]] = []
+    saved = [time.monotonic()]
+
+    def finished(result: dict[str, int]) -> None:
+        results.append(result)
+        done.add(result["index"])
+        if time.monotonic() - saved[0] > _SAVE_EVERY:
+            write_done(writer, key, done)
+            saved[0] = time.monotonic()
+        if on_block is not None:
+            on_block(len(done), total)
+
+    if on_block is not None:
+        on_block(len(done), total)
+    try:
+        run_blocks(ready, job, todo, client=client, workers=workers, on_result=finished)
+    finally:
+        write_done(writer, key, done)
+    cells = _count_cells(writer.open_array("r"), plan) if reused else sum(r["cells"] for r in results)
+    (writer.partial / DONE_FILE).unlink(missing_ok=True)
+    labels = writer.commit()
+    return SlideResult(
+        Path(path), labels, cells, total, reused, time.perf_counter() - start,
+        max((r["peak_rss_kib"] for r in results), default=0), size,
+    )
+
+
+def _count_cells(array: Any, plan: Any) -> int:
+    """Distinct ids in a label array, read block by block (after a resume)."""
+    ids: set[int] = set()
+    for b in plan.blocks():
+        y0, y1, x0, x1 = b.core
+        ids.update(int(v) for v in np.unique(array[y0:y1, x0:x1]))
+    ids.discard(0)
+    return len(ids)
+
+
+def write_labels_tiff(labels: Any, path: Path, pixel_size: float | None, tile: int = 512) -> Path:
+    """Copy a label array to a tiled OME-TIFF, one row of tiles in memory at a time."""
+    import tifffile
+
+    from celltune.io import atomic_path
+
+    h, w = labels.shape
+
+    def tiles():
+        for y in range(0, h, tile):
+            row = np.asarray(labels[y : y + tile, :])
+            for x in range(0, w, tile):
+                out = np.zeros((tile, tile), dtype=row.dtype)
+                part = row[:, x : x + tile]
+                out[: part.shape[0], : part.shape[1]] = part
+                yield out
+
+    meta: dict[str, Any] = {"axes": "YX"}
+    if pixel_size:
+        meta.update(PhysicalSizeX=pixel_size, PhysicalSizeY=pixel_size)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=labels.dtype, tile=(tile, tile),
+                         ome=True, metadata=meta, compression="zlib")
+    return path
+
+
+def _outputs(path: Path, out: Path, in_place: bool) -> Path:
+    if in_place:
+        if not is_zarr_path(path):
+            raise DataError(f"{path}: --in-place needs an OME-Zarr input; this is a TIFF.")
+        return path
+    return out / f"{slide_stem(path)}.zarr"
+
+
+# A batch loop with its skip / fail / progress bookkeeping in one place.
+def predict_slides(
+    run_or_predictor: str | os.PathLike | Predictor,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    in_place: bool = False,
+    workers: int = 1,
+    scheduler: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    checkpoint: str = "best",
+    on_block: Callable[[str, int, int], None] | None = None,
+    **options: Any,
+) -> SlideBatch:
+    """Predict every slide in ``inputs``; one failing slide does not stop the others.
+
+    ``options`` go to :func:`predict_slide` (block, margin, context, pixel_size, save_prob).
+    A slide whose labels exist is skipped with ``resume``, replaced with ``overwrite``, and
+    a failure otherwise. ``on_block(name, done, total)`` reports progress.
+    """
+    predictor = (run_or_predictor if isinstance(run_or_predictor, Predictor)
+                 else Predictor.from_run(run_or_predictor, checkpoint=checkpoint, device=device))
+    out = Path(out)
+    batch = SlideBatch(out)
+    with dask_client(workers, scheduler) as client:
+        for item in inputs:
+            path = Path(item)
+            try:
+                if not is_slide(path):
+                    raise DataError(f"{path}: not an OME-Zarr folder (*.zarr) or OME-TIFF "
+                                    "(*.ome.tif); use celltune predict without slides for it.")
+                root = _outputs(path, out, in_place)
+                if (root / "labels" / LABEL_NAME).exists():
+                    if resume:
+                        batch.skipped.append(path)
+                        continue
+                    if not overwrite:
+                        raise RunError(f"{root / 'labels' / LABEL_NAME}: exists; pass "
+                                       "--overwrite to replace it or --resume to skip it.")
+                out.mkdir(parents=True, exist_ok=True)
+                report = None if on_block is None else (
+                    lambda d, t, name=path.name: on_block(name, d, t))
+                result = predict_slide(predictor, path, root, client=client, workers=workers,
+                                       resume=resume, on_block=report, **options)
+                if not is_zarr_path(path):
+                    tif = out / f"{slide_stem(path)}_labels.ome.tif"
+                    result.extra["tiff"] = write_labels_tiff(
+                        _open_labels(result.labels), tif, result.pixel_size)
+                batch.slides.append(result)
+            except CelltuneError as exc:
+                batch.failures.append(Failure(str(path), str(exc)))
+    return batch
+
+
+def _open_labels(group: Path) -> Any:
+    import zarr
+
+    return zarr.open_array(store=str(group / "0"), mode="r")

@@ -1,0 +1,205 @@
+"""Block-parallel slide prediction: same cells as one process, none cut at block borders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr", reason="slide prediction needs the [ome] extra (zarr)")
+
+from celltune.errors import DataError  # noqa: E402
+from celltune.inference import parallel, slides  # noqa: E402
+from celltune.inference.parallel import global_ids, plan_blocks  # noqa: E402
+from slide_helpers import (  # noqa: E402
+    disc_image,
+    same_partition,
+    stand_in_predictor,
+    straddling_centres,
+    write_slide,
+)
+
+SHAPE, BLOCK = (1024, 1024), 256
+
+
+@pytest.fixture(scope="module")
+def disc_slide(tmp_path_factory):
+    image = disc_image(SHAPE, straddling_centres(SHAPE, BLOCK, 150), radius=9)
+    return image, write_slide(tmp_path_factory.mktemp("slide") / "s.ome.zarr", image)
+
+
+def _labels(group):
+    return zarr.open_array(str(group / "0"), mode="r")[:]
+
+
+def test_cores_tile_the_plane_once_and_windows_hold_their_cores():
+    plan = plan_blocks((1000, 700), block=256, margin=40, context=10)
+    hits = np.zeros((1000, 700), int)
+    for b in plan.blocks():
+        y0, y1, x0, x1 = b.core
+        hits[y0:y1, x0:x1] += 1
+        assert b.read[0] <= b.window[0] <= y0 and b.window[1] >= y1
+    assert (hits == 1).all() and len(plan.blocks()) == 4 * 3
+
+
+def test_two_windows_give_a_shared_cell_the_same_id():
+    plan = plan_blocks((512, 512), block=256, margin=32, context=0)
+    full = np.zeros((512, 512), np.int32)
+    full[250:262, 100:110] = 1  # straddles the row edge at 256
+    ids = []
+    for window in (plan.blocks()[0].window, plan.blocks()[2].window):
+        y0, y1, x0, x1 = window
+        lut, owner = global_ids(full[y0:y1, x0:x1], plan, window)
+        ids.append((lut[1], owner[1]))
+    assert ids[0] == ids[1] and ids[0][1] == 0
+
+
+@pytest.mark.parametrize("method", ["components", "watershed"])
+def test_blocks_give_the_cells_of_one_process_and_cut_none(tmp_path, disc_slide, method):
+    image, path = disc_slide
+    predictor = stand_in_predictor(method)
+    reference = predictor.predict_instances(image)
+    result = slides.predict_slide(predictor, path, tmp_path / "out.zarr", block=BLOCK,
+                                  margin=32, context=16)
+    labels = _labels(result.labels)
+    if method == "components":
+        assert same_partition(reference, labels)
+    else:  # the watershed's flooding order may break a tie on a contact line differently
+        assert np.array_equal(reference > 0, labels > 0)
+        ious = np.array(_matched_iou(reference, labels))
+        assert ious.min() > 0.9 and (ious < 1).mean() < 0.05
+    assert result.cells == int(reference.max()) == len(np.unique(labels)) - 1
+    assert result.blocks == 16
+
+
+def test_threads_match_one_process(tmp_path, disc_slide):
+    _, path = disc_slide
+    predictor = stand_in_predictor()
+    one = slides.predict_slide(predictor, path, tmp_path / "a.zarr", block=BLOCK, margin=32)
+    two = slides.predict_slide(predictor, path, tmp_path / "b.zarr", block=BLOCK, margin=32,
+                               workers=2)
+    np.testing.assert_array_equal(_labels(one.labels), _labels(two.labels))
+
+
+def test_a_killed_slide_leaves_no_labels_and_resume_runs_only_the_rest(
+    tmp_path, disc_slide, monkeypatch
+):
+    image, path = disc_slide
+    predictor = stand_in_predictor()
+    real, calls = parallel.run_block, []
+
+    def dies_after_five(pred, job, block):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(block.index)
+        return real(pred, job, block)
+
+    monkeypatch.setattr(parallel, "run_block", dies_after_five)
+    monkeypatch.setattr(slides, "_SAVE_EVERY", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        slides.predict_slide(predictor, path, tmp_path / "o.zarr", block=BLOCK, margin=32)
+    assert not (tmp_path / "o.zarr" / "labels" / "cells").exists()
+    monkeypatch.setattr(parallel, "run_block", real)
+    ran = []
+    result = slides.predict_slide(predictor, path, tmp_path / "o.zarr", block=BLOCK, margin=32,
+                                  resume=True, on_block=lambda d, t: ran.append(d))
+    assert result.reused_blocks == 5 and ran[0] == 5
+    assert same_partition(predictor.predict_instances(image), _labels(result.labels))
+
+
+def test_a_batch_reports_the_bad_slides_and_finishes_the_others(tmp_path, disc_slide):
+    _, good = disc_slide
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(str(plain), mode="w").create_array("0", shape=(8, 8), dtype="u1")
+    broken = write_slide(tmp_path / "broken.ome.zarr", np.ones((512, 512), np.uint16))
+    (broken / "0" / "1" / "0").write_bytes(b"garbage")
+    batch = slides.predict_slides(stand_in_predictor(), [plain, broken, good], tmp_path / "out",
+                                  block=BLOCK, margin=32)
+    assert [r.path for r in batch.slides] == [good]
+    errors = {f.path: f.error for f in batch.failures}
+    assert "no NGFF 'multiscales'" in errors[str(plain)]
+    assert f"{broken}: cannot read rows" in errors[str(broken)]
+    assert not (tmp_path / "out" / "broken.zarr" / "labels" / "cells").exists()
+    again = slides.predict_slides(stand_in_predictor(), [good], tmp_path / "out", resume=True)
+    assert again.skipped == [good] and again.ok
+
+
+def test_a_missing_pixel_size_is_an_error_when_the_run_records_one(tmp_path):
+    path = write_slide(tmp_path / "n.ome.zarr", np.ones((64, 64), np.uint16), pixel_size=None)
+    predictor = stand_in_predictor(pixel_size=0.5)
+    with pytest.raises(DataError, match=r"n\.ome\.zarr: has no physical pixel size.*--pixel-size"):
+        slides.predict_slide(predictor, path, tmp_path / "o.zarr")
+    result = slides.predict_slide(predictor, path, tmp_path / "o.zarr", pixel_size=0.5)
+    assert result.pixel_size == 0.5
+
+
+def _matched_iou(reference: np.ndarray, other: np.ndarray) -> list[float]:
+    ious = []
+    for cell in range(1, int(reference.max()) + 1):
+        inside = reference == cell
+        ids, counts = np.unique(other[inside], return_counts=True)
+        best = ids[np.argmax(counts)]
+        if best == 0:
+            ious.append(0.0)
+            continue
+        match = other == best
+        ious.append((inside & match).sum() / (inside | match).sum())
+    return ious
+
+
+def test_a_2x_coarser_image_with_its_pixel_size_gives_the_original_cells(tmp_path):
+    image = disc_image((512, 512), straddling_centres((512, 512), 256, 40, seed=3, gap=24), 10)
+    predictor = stand_in_predictor("watershed", pixel_size=0.5)
+    original = predictor.at_pixel_size(0.5).predict_instances(image)
+    coarse = image.reshape(256, 2, 256, 2).mean(axis=(1, 3))
+    scaled = predictor.at_pixel_size(1.0)
+    assert scaled.resize == 2.0 and scaled.min_size == 1 and scaled.h == pytest.approx(1.0)
+    back = np.repeat(np.repeat(scaled.predict_instances(coarse), 2, 0), 2, 1)
+    ious = _matched_iou(original, back)
+    assert len(ious) == original.max() > 30 and min(ious) >= 0.8
+
+
+@pytest.mark.slow
+def test_a_two_worker_local_cluster_matches_one_process(tmp_path):
+    pytest.importorskip("distributed", reason="the local cluster needs dask's distributed")
+    from celltune.inference.predict import Predictor
+    from tiny_runs import make_run
+
+    run = make_run(tmp_path)
+    image = disc_image((768, 768), straddling_centres((768, 768), 256, 60), radius=9)
+    path = write_slide(tmp_path / "s.ome.zarr", image)
+    predictor = Predictor.from_run(run, device="cpu")
+    one = slides.predict_slides(predictor, [path], tmp_path / "one", block=256, margin=32)
+    two = slides.predict_slides(predictor, [path], tmp_path / "two", block=256, margin=32,
+                                workers=2)
+    assert one.ok and two.ok
+    a, b = _labels(one.slides[0].labels), _labels(two.slides[0].labels)
+    assert same_partition(a, b) or (a != b).mean() < 1e-3
+    assert two.slides[0].peak_rss_kib > 0
+
+
+def test_cli_predicts_an_ome_zarr_and_an_ome_tiff(tmp_path):
+    from typer.testing import CliRunner
+
+    from celltune.cli import app
+    from celltune.ome import open_slide, write_ome_tiff
+    from tiny_runs import make_run
+
+    run = make_run(tmp_path)
+    image = disc_image((300, 280), straddling_centres((300, 280), 128, 10), radius=8)
+    write_slide(tmp_path / "a.ome.zarr", image)
+    write_ome_tiff(tmp_path / "b.ome.tif", image, pixel_size=0.5)
+    args = ["predict", str(run), str(tmp_path / "a.ome.zarr"), str(tmp_path / "b.ome.tif"),
+            "--out", str(tmp_path / "out"), "--block", "128", "--margin", "24", "--save-prob",
+            "--no-progress", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Predicted 2 of 2 slide(s)" in result.output
+    for stem in ("a", "b"):
+        assert (tmp_path / "out" / f"{stem}.zarr" / "labels" / "cells" / "0").exists()
+        assert open_slide(tmp_path / "out" / f"{stem}.zarr" / "probability").shape == (300, 280)
+    labels_tif = open_slide(tmp_path / "out" / "b_labels.ome.tif")
+    assert labels_tif.pixel_size == pytest.approx(0.5) and labels_tif.shape_yx == (300, 280)
+    zarr_labels = _labels(tmp_path / "out" / "b.zarr" / "labels" / "cells")
+    np.testing.assert_array_equal(labels_tif.read()[..., 0], zarr_labels)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
