@@ -15,9 +15,12 @@ from celltune import runtime
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # Allocates, touches and frees a 64 MiB buffer 20 times (above glibc's largest automatic
-# mmap threshold, 32 MiB) and reports the page faults that took.
+# mmap threshold, 32 MiB) and reports the page faults that took. Transparent huge pages are
+# turned off for the probe (prctl PR_SET_THP_DISABLE): with them a fresh mapping faults in
+# 2 MiB at a time, and whether the kernel backs it with huge pages varies from run to run.
 PROBE = """
-import json, resource, sys
+import ctypes, json, resource, sys
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)
 import numpy as np
 from celltune.runtime import tune_allocator
 applied = tune_allocator()
@@ -44,8 +47,8 @@ def probe(**env: str) -> dict[str, int | bool]:
 def test_tuned_process_reuses_freed_blocks_instead_of_faulting_them_in_again() -> None:
     tuned, default = probe(), probe(CELLTUNE_TUNE_MALLOC="0")
     assert tuned["applied"] is True and default["applied"] is False
-    # 20 x 64 MiB freshly mapped = 20 x 16384 faults of 4 KiB pages without the setting
-    # (fewer with transparent huge pages); with it the freed block is reused from the heap.
+    # 20 x 64 MiB freshly mapped = 20 x 16384 faults of 4 KiB pages without the setting;
+    # with it the freed block is reused from the heap.
     assert default["faults"] > 20 * 100
     assert tuned["faults"] * 10 < default["faults"]
 
