@@ -81,7 +81,7 @@ def test_exported_graph_contains_the_input_normalisation(
 
 def test_metadata_says_what_the_input_needs(run: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    tuned = {"method": "watershed", "h": 4.0, "min_size": 9}
+    tuned = {"method": "watershed", "h": 4.0, "min_size": 9, "min_fraction": 0.1}
     (run / "postprocess.json").write_text(json.dumps({"best": tuned}))
     try:
         result = export_run(run, format="onnx", out=tmp_path / "deploy" / "cells.onnx")

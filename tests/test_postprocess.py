@@ -14,15 +14,17 @@ from celltune.errors import ConfigError
 from celltune.evaluation.evaluate import choose_postprocess, evaluate_run
 from celltune.evaluation.metrics import instance_scores
 from celltune.evaluation.postprocess import (
+    FILTERS,
     H_GRID,
     PostprocessSweep,
+    apply_filter,
     cell_areas,
     default_params,
     grids,
     median_cell_area,
 )
 from celltune.inference.batch import predict_files
-from celltune.inference.instances import label_instances, remove_small
+from celltune.inference.instances import label_instances, remove_small, typical_area
 from celltune.inference.predict import Predictor
 from celltune.rundir import RunDir
 from celltune.viz.curves import postprocess_curve
@@ -46,10 +48,10 @@ def test_the_sweep_picks_the_one_candidate_that_splits_the_cells():
     truth = _discs((64, 64), [(16, 12), (16, 28), (16, 44), (46, 12), (46, 28), (46, 44)], 8)
     candidates = [{"method": "watershed", "h": h} for h in (0.5, 1.0, 2.0, 4.0)]
     # Only h = 1 recovers the cells; the others merge touching pairs.
-    sweep = PostprocessSweep(candidates, [0, 16], default_params(seeded=False))
+    sweep = PostprocessSweep(candidates, _sizes(0, 16), default_params(seeded=False))
     sweep.add(truth, lambda p: truth if p["h"] == 1.0 else _merged(truth))
     result = sweep.result(head="binary", parameter="h")
-    assert result.best == {"method": "watershed", "h": 1.0, "min_size": 0}
+    assert result.best == {"method": "watershed", "h": 1.0, "min_size": 0, "min_fraction": 0.0}
     assert result.best_f1 == pytest.approx(1.0)
     assert result.default_f1 == pytest.approx(0.0)  # merged cells match none at IoU 0.5
     assert result.f1[2] == pytest.approx([0.0, 0.0])
@@ -60,7 +62,7 @@ def test_the_sweep_picks_the_smallest_size_that_removes_fragments():
     noisy = truth.copy()
     noisy[8:11, 50:53] = 3  # a 9-px fragment
     noisy[50:55, 6:11] = 4  # a 25-px fragment
-    sweep = PostprocessSweep([{"method": "watershed", "h": 2.0}], [0, 16, 30, 60],
+    sweep = PostprocessSweep([{"method": "watershed", "h": 2.0}], _sizes(0, 16, 30, 60),
                              default_params(seeded=False))
     sweep.add(truth, lambda p: noisy)
     result = sweep.result(head="binary", parameter="h")
@@ -72,7 +74,7 @@ def test_the_sweep_picks_the_smallest_size_that_removes_fragments():
 def test_ties_keep_the_defaults_and_means_are_over_images():
     truth = _discs((40, 40), [(20, 20)], 8)
     candidates = [{"method": "watershed", "h": h} for h in (1.0, 2.0)]
-    sweep = PostprocessSweep(candidates, [0, 16], default_params(seeded=False))
+    sweep = PostprocessSweep(candidates, _sizes(0, 16), default_params(seeded=False))
     sweep.add(truth, lambda p: truth)
     assert sweep.result(head="binary", parameter="h").best == default_params(seeded=False)
     # A second image only h = 1 gets right: mean F1 0.5 vs 1.0 -> h = 1 wins.
@@ -90,26 +92,61 @@ def test_a_real_watershed_sweep_finds_an_h_that_splits_a_shallow_neck():
     truth = np.where(big > 0, 1, np.where(small > 0, 2, 0)).astype(np.int32)
     mask = truth > 0
     assert label_instances(mask, h=2.0).max() == 1
-    candidates, sizes = grids(seeded=False, area=median_cell_area([cell_areas(truth)]))
-    sweep = PostprocessSweep(candidates, sizes, default_params(seeded=False))
+    candidates = grids(seeded=False, area=median_cell_area([cell_areas(truth)]))
+    sweep = PostprocessSweep(candidates, FILTERS, default_params(seeded=False))
     sweep.add(truth, lambda p: label_instances(mask, min_size=0, **{
         k: v for k, v in p.items() if k != "min_size"}))
     result = sweep.result(head="binary", parameter="h")
     assert result.best["h"] < 2.0
-    chosen = label_instances(mask, min_size=result.best["min_size"], h=result.best["h"])
+    chosen = apply_filter(label_instances(mask, min_size=0, h=result.best["h"]), result.best)
     assert instance_scores(truth, chosen)["f1"][0] == pytest.approx(1.0)
 
 
+def _sizes(*pixels):
+    return [{"min_size": p, "min_fraction": 0.0} for p in pixels]
+
+
 def test_grids_follow_the_cell_size():
-    candidates, sizes = grids(seeded=False, area=math.pi * 5**2)  # radius 5 px
+    candidates = grids(seeded=False, area=math.pi * 5**2)  # radius 5 px
     assert [c["h"] for c in candidates if "h" in c] == [h for h in H_GRID if h <= 5]
     assert candidates[-1] == {"method": "components"}
-    assert sizes == [0, 8, 16, 20]
-    big, _ = grids(seeded=False, area=math.pi * 40**2)
+    big = grids(seeded=False, area=math.pi * 40**2)
     assert [c["h"] for c in big if "h" in c] == list(H_GRID)
-    seeded, seeded_sizes = grids(seeded=True, area=math.nan)
+    seeded = grids(seeded=True, area=math.nan)
     assert all(set(c) == {"method", "seed_threshold"} for c in seeded)
-    assert seeded_sizes == [0, 16]
+
+
+def test_typical_area_ignores_fragments():
+    labels = _discs((80, 80), [(20, 20), (20, 60), (60, 20)], 8)  # ~200 px each
+    plain = typical_area(labels)
+    for k in range(4, 12):  # eight 1-px fragments
+        labels[70, 2 * k] = k
+    assert typical_area(labels) == plain == np.bincount(labels.ravel())[1]
+    assert np.median(np.bincount(labels.ravel())[1:]) == 1  # the plain median collapses
+
+
+def test_a_relative_size_filter_follows_the_cells_to_another_scale():
+    # Validation: cells of radius 12 (~450 px) and 40-px fragments. Another image: the same
+    # layout at half the scale (cells ~113 px, fragments 9 px).
+    def scene(radius, frag):
+        truth = _discs((128, 128), [(30, 30), (30, 90), (90, 60)], radius)
+        found = truth.copy()
+        found[110:110 + frag, 5:5 + frag] = 4
+        found[5:5 + frag, 110:110 + frag] = 5
+        return truth, found
+
+    truth, found = scene(12, 6)
+    filters = [*_sizes(0, 50, 200), {"min_size": 0, "min_fraction": 0.25}]
+    sweep = PostprocessSweep([{"method": "watershed", "h": 2.0}], filters,
+                             {"h": 2.0, "min_size": 0, "min_fraction": 0.0})
+    sweep.add(truth, lambda p: found)
+    f1 = sweep.result(head="binary", parameter="h").f1[0]
+    assert f1[0] < 1.0 and f1[1] == f1[2] == f1[3] == pytest.approx(1.0)
+    small_truth, small_found = scene(6, 3)
+    # The absolute size that cleaned validation (200 px) deletes every small cell; the relative
+    # one keeps them and still drops the fragments.
+    assert instance_scores(small_truth, apply_filter(small_found, filters[2]))["f1"][0] == 0.0
+    assert instance_scores(small_truth, apply_filter(small_found, filters[3]))["f1"][0] == 1.0
 
 
 def test_remove_small_renumbers():
@@ -123,8 +160,11 @@ def test_predictor_instance_options_are_checked():
 
     predictor = Predictor(torch.nn.Conv2d(1, 1, 1), device="cpu")
     assert predictor.instance_params() == default_params(seeded=False)
-    other = predictor.with_options(instances={"h": 4.0, "min_size": 3})
+    other = predictor.with_options(instances={"h": 4.0, "min_size": 3, "min_fraction": 0.1})
     assert other.h == 4.0 and other.min_size == 3 and predictor.h != 4.0
+    assert other.min_fraction == 0.1 and predictor.min_fraction == 0.0
+    with pytest.raises(ConfigError, match="min_fraction"):
+        predictor.with_options(instances={"min_fraction": 1.5})
     with pytest.raises(ConfigError, match="--instances 'blobs'"):
         predictor.with_options(instances={"method": "blobs"})
     with pytest.raises(ConfigError, match="valid ones are"):

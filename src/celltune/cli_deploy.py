@@ -102,8 +102,8 @@ def predict(
             return
     result = predict_files(
         run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
-        overlay=overlay, geojson=geojson, cells_csv=cells_csv, overwrite=overwrite, tile=tile, overlap=overlap, batch_size=batch_size,
-        tta=tta, threshold=threshold, device=device, checkpoint=checkpoint, progress=progress,
+        overlay=overlay, geojson=geojson, cells_csv=cells_csv, overwrite=overwrite, tile=tile,
+        overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold, device=device, checkpoint=checkpoint, progress=progress,
         console=console,
     )
     style = "green" if result.ok else "bold red"

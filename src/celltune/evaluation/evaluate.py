@@ -31,6 +31,7 @@ from celltune.evaluation.metrics import (
     pooled_iou,
 )
 from celltune.evaluation.postprocess import (
+    FILTERS,
     PostprocessResult,
     PostprocessSweep,
     cell_areas,
@@ -154,8 +155,7 @@ def choose_postprocess(
     val = run.read_splits().val
     seeded = predictor.head in SEEDED_HEADS
     area = _median_area(val)
-    candidates, sizes = grids(seeded, area)
-    sweep = PostprocessSweep(candidates, sizes, default_params(seeded))
+    sweep = PostprocessSweep(grids(seeded, area), FILTERS, default_params(seeded))
     failures: list[dict[str, str]] = []
     for _, predicted, labels in _predictions(predictor.predict, val, "instance sweep",
                                              progress, failures):
@@ -186,7 +186,7 @@ def _median_area(samples: list[Sample]) -> float:
 def _decoder(predictor: Predictor, predicted: Prediction) -> Callable[[dict[str, Any]], np.ndarray]:
     """Cells of one prediction for given decoding parameters, every size kept."""
     def decode(params: dict[str, Any]) -> np.ndarray:
-        options = predictor.with_options(instances={**params, "min_size": 0})
+        options = predictor.with_options(instances={**params, "min_size": 0, "min_fraction": 0.0})
         return options.label(predicted.mask, predicted.classes)
 
     return decode

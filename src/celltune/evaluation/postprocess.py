@@ -4,22 +4,26 @@ The foreground threshold is chosen for Dice (:mod:`celltune.evaluation.threshold
 that turns the mask into cells has parameters of its own, and pixel Dice cannot see them:
 the watershed's ``h`` for heads that predict a mask (how deep a dip in the distance map must
 be to split two cells), the seed threshold for heads that predict cell interiors, and the
-smallest cell kept. :class:`PostprocessSweep` scores every combination on each validation
-image with the NeurIPS 2022 challenge's F1 at IoU 0.5 and keeps the one with the best mean;
-ties go to the defaults, then to the earlier candidate. The mask threshold is not swept
-here, so the cells always cover the mask the Dice sweep chose.
+size filter that drops fragments. :class:`PostprocessSweep` scores every combination on each
+validation image with the NeurIPS 2022 challenge's F1 at IoU 0.5 and keeps the one with the
+best mean; ties go to the defaults, then to the earlier candidate. The mask threshold is not
+swept here, so the cells always cover the mask the Dice sweep chose.
 
-The grids adapt to the validation cells' median area ``A`` (radius ``r``): ``h`` runs over
-0.5 ... 16 pixels up to ``max(2, r)``, plus plain connected components; the smallest cell
-over 0, 16 pixels, ``A / 10`` and ``A / 4``.
+``h`` runs over 0.5 ... 16 pixels up to ``max(2, r)`` (``r`` the validation cells' median
+radius), plus plain connected components. The size filters are nothing, the default 16
+pixels, or a tenth or a quarter of each image's own typical cell area
+(:func:`~celltune.inference.instances.typical_area`): a relative rule, because cells in
+the images a run is used on need not have the validation cells' size (on ctc_msc the test
+movie's cells are a quarter of the validation movie's; an absolute size tuned on
+validation deleted half of them).
 
 Example:
     >>> import numpy as np
     >>> truth = np.zeros((20, 20), np.int32); truth[2:8, 2:8] = 1; truth[12:18, 12:18] = 2
-    >>> sweep = PostprocessSweep([{"h": 1.0}, {"h": 2.0}], [0, 16], {"h": 2.0, "min_size": 16})
+    >>> sweep = PostprocessSweep([{"h": 1.0}, {"h": 2.0}], FILTERS, default_params(False))
     >>> sweep.add(truth, lambda params: truth)
     >>> sweep.result(head="binary", parameter="h").best  # a tie: the default stays
-    {'h': 2.0, 'min_size': 16}
+    {'method': 'watershed', 'h': 2.0, 'min_size': 16, 'min_fraction': 0.0}
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ import numpy as np
 from celltune.evaluation.metrics import instance_scores
 from celltune.inference.instances import (
     DEFAULT_H,
+    DEFAULT_MIN_FRACTION,
     DEFAULT_MIN_SIZE,
     DEFAULT_SEED_THRESHOLD,
+    remove_relative,
     remove_small,
 )
 
@@ -45,6 +51,14 @@ CRITERION = "mean per-image F1 at IoU 0.5 (NeurIPS 2022 challenge rules)"
 H_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 #: Interior probabilities tried as seed thresholds for seeded heads.
 SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: Size filters tried: an absolute smallest cell (pixels), then a fraction of the image's
+#: typical cell area.
+FILTERS = (
+    {"min_size": 0, "min_fraction": 0.0},
+    {"min_size": DEFAULT_MIN_SIZE, "min_fraction": DEFAULT_MIN_FRACTION},
+    {"min_size": 0, "min_fraction": 0.1},
+    {"min_size": 0, "min_fraction": 0.25},
+)
 _TIE = 1e-9
 
 
@@ -55,10 +69,11 @@ class PostprocessResult:
     Attributes:
         head: The run's head.
         parameter: The swept parameter of the decoding (``h`` or ``seed_threshold``).
-        candidates: Decoding parameters tried (without ``min_size``), in sweep order.
-        min_sizes: Smallest-cell sizes tried, in pixels.
-        f1: Mean F1 at IoU 0.5, ``f1[candidate][min_size]``.
-        best: The chosen parameters, ``min_size`` included (what the Predictor takes).
+        candidates: Decoding parameters tried (without the size filter), in sweep order.
+        filters: Size filters tried (``min_size`` in pixels, ``min_fraction`` of the typical
+            cell area).
+        f1: Mean F1 at IoU 0.5, ``f1[candidate][filter]``.
+        best: The chosen parameters, the filter's included (what the Predictor takes).
         best_f1: Mean F1 of ``best``.
         default: The parameters before tuning; ``default_f1`` their mean F1.
         n_images: Validation images scored.
@@ -68,7 +83,7 @@ class PostprocessResult:
     head: str
     parameter: str
     candidates: list[dict[str, Any]]
-    min_sizes: list[int]
+    filters: list[dict[str, Any]]
     f1: list[list[float]]
     best: dict[str, Any]
     best_f1: float
@@ -90,7 +105,8 @@ class PostprocessResult:
 def default_params(seeded: bool) -> dict[str, Any]:
     """The instance step's parameters before tuning."""
     decode = {"seed_threshold": DEFAULT_SEED_THRESHOLD} if seeded else {"h": DEFAULT_H}
-    return {"method": "watershed", **decode, "min_size": DEFAULT_MIN_SIZE}
+    return {"method": "watershed", **decode, "min_size": DEFAULT_MIN_SIZE,
+            "min_fraction": DEFAULT_MIN_FRACTION}
 
 
 def cell_areas(labels: np.ndarray) -> np.ndarray:
@@ -105,41 +121,43 @@ def median_cell_area(areas: Sequence[np.ndarray]) -> float:
     return float(np.median(flat)) if flat.size else math.nan
 
 
-def grids(seeded: bool, area: float) -> tuple[list[dict[str, Any]], list[int]]:
-    """Decoding candidates and smallest-cell sizes for cells of median ``area`` pixels."""
+def grids(seeded: bool, area: float) -> list[dict[str, Any]]:
+    """Decoding candidates for cells of median ``area`` pixels (NaN: unknown)."""
     if seeded:
-        candidates = [{"method": "watershed", "seed_threshold": t} for t in SEED_GRID]
-    else:
-        radius = math.sqrt(area / math.pi) if math.isfinite(area) else 0.0
-        limit = max(DEFAULT_H, radius)
-        candidates = [{"method": "watershed", "h": h} for h in H_GRID if h <= limit]
-        candidates.append({"method": "components"})
-    sizes = {0, DEFAULT_MIN_SIZE}
-    if math.isfinite(area):
-        sizes |= {round(area / 10), round(area / 4)}
-    return candidates, sorted(sizes)
+        return [{"method": "watershed", "seed_threshold": t} for t in SEED_GRID]
+    radius = math.sqrt(area / math.pi) if math.isfinite(area) else 0.0
+    limit = max(DEFAULT_H, radius)
+    candidates = [{"method": "watershed", "h": h} for h in H_GRID if h <= limit]
+    return [*candidates, {"method": "components"}]
+
+
+def apply_filter(cells: np.ndarray, size_filter: dict[str, Any]) -> np.ndarray:
+    """``cells`` without those the filter drops (the absolute size first, then the relative)."""
+    kept = remove_small(cells, int(size_filter.get("min_size", 0)))
+    return remove_relative(kept, float(size_filter.get("min_fraction", 0.0)))
 
 
 class PostprocessSweep:
     """Scores decoding candidates image by image; :meth:`result` picks the best mean F1.
 
     Args:
-        candidates: Decoding parameters to try (``min_size`` is swept separately).
-        min_sizes: Smallest-cell sizes to try; applied to each candidate's cells.
-        default: The untuned parameters, ``min_size`` included; they win ties.
+        candidates: Decoding parameters to try (the size filter is swept separately).
+        filters: Size filters to try (``min_size``, ``min_fraction``); applied to each
+            candidate's cells.
+        default: The untuned parameters, its filter included; they win ties.
     """
 
     def __init__(
         self,
         candidates: Sequence[dict[str, Any]],
-        min_sizes: Sequence[int],
+        filters: Sequence[dict[str, Any]],
         default: dict[str, Any],
     ) -> None:
-        if not candidates or not min_sizes:
-            raise ValueError("a post-processing sweep needs candidates and min_sizes.")
+        if not candidates or not filters:
+            raise ValueError("a post-processing sweep needs candidates and filters.")
         self.candidates = [dict(c) for c in candidates]
-        self.min_sizes = [int(m) for m in min_sizes]
-        self.default = {**default, "min_size": default.get("min_size", DEFAULT_MIN_SIZE)}
+        self.filters = [_filter(f) for f in filters]
+        self.default = {**default, **_filter(default)}
         self._scores: list[np.ndarray] = []
 
     def __len__(self) -> int:
@@ -149,11 +167,11 @@ class PostprocessSweep:
         self, truth: np.ndarray, decode: Callable[[dict[str, Any]], np.ndarray]
     ) -> None:
         """Score one image: ``decode(params)`` gives its cells (every size kept) per candidate."""
-        scores = np.zeros((len(self.candidates), len(self.min_sizes)))
+        scores = np.zeros((len(self.candidates), len(self.filters)))
         for i, params in enumerate(self.candidates):
             cells = decode(params)
-            for j, size in enumerate(self.min_sizes):
-                scores[i, j] = instance_scores(truth, remove_small(cells, size))["f1"][0]
+            for j, size_filter in enumerate(self.filters):
+                scores[i, j] = instance_scores(truth, apply_filter(cells, size_filter))["f1"][0]
         self._scores.append(scores)
 
     def result(self, head: str, parameter: str, **extra: Any) -> PostprocessResult:
@@ -162,14 +180,15 @@ class PostprocessSweep:
             raise ValueError("no images were added to the post-processing sweep.")
         mean = np.mean(self._scores, axis=0)
         best_i, best_j = np.unravel_index(int(np.argmax(mean)), mean.shape)
-        best = {**self.candidates[best_i], "min_size": self.min_sizes[best_j]}
+        # Complete parameters: a candidate without ``h`` (components) keeps the default's.
+        best = {**self.default, **self.candidates[best_i], **self.filters[best_j]}
         default_f1 = self._mean_of(mean, self.default)
         if default_f1 is not None and default_f1 >= mean[best_i, best_j] - _TIE:
             best = dict(self.default)
         area = extra.pop("median_cell_area", math.nan)
         return PostprocessResult(
             head=head, parameter=parameter, candidates=self.candidates,
-            min_sizes=self.min_sizes, f1=mean.round(6).tolist(), best=best,
+            filters=self.filters, f1=mean.round(6).tolist(), best=best,
             best_f1=float(self._mean_of(mean, best)), default=self.default,
             default_f1=float(default_f1) if default_f1 is not None else math.nan,
             n_images=len(self._scores), median_cell_area=float(area), extra=extra,
@@ -177,12 +196,21 @@ class PostprocessSweep:
 
     def _mean_of(self, mean: np.ndarray, params: dict[str, Any]) -> float | None:
         """Mean F1 of ``params`` if the sweep tried them, else None."""
-        decode = {k: v for k, v in params.items() if k != "min_size"}
-        size = params.get("min_size", DEFAULT_MIN_SIZE)
+        decode = {k: v for k, v in params.items() if k not in _FILTER_KEYS}
+        size_filter = _filter(params)
         for i, candidate in enumerate(self.candidates):
-            if _same(candidate, decode) and size in self.min_sizes:
-                return float(mean[i, self.min_sizes.index(size)])
+            if _same(candidate, decode) and size_filter in self.filters:
+                return float(mean[i, self.filters.index(size_filter)])
         return None
+
+
+_FILTER_KEYS = ("min_size", "min_fraction")
+
+
+def _filter(params: dict[str, Any]) -> dict[str, Any]:
+    """The size filter of ``params``, defaults filled in, as comparable values."""
+    return {"min_size": int(params.get("min_size", DEFAULT_MIN_SIZE)),
+            "min_fraction": float(params.get("min_fraction", DEFAULT_MIN_FRACTION))}
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

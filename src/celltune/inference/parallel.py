@@ -182,7 +182,9 @@ def run_block(predictor: Predictor, job: BlockJob, block: Block) -> dict[str, in
     wy0, wy1, wx0, wx1 = block.window
     inner = (slice(wy0 - ry0, wy1 - ry0), slice(wx0 - rx0, wx1 - rx0))
     classes = None if prediction.classes is None else prediction.classes[(slice(None), *inner)]
-    cells = predictor.label(prediction.mask[inner], classes)
+    # The relative size rule needs the whole slide's cells; blocks keep the absolute one only.
+    cells = predictor.with_options(instances={"min_fraction": 0.0}).label(
+        prediction.mask[inner], classes)
     lut, owner = global_ids(cells, job.plan, block.window)
     cy0, cy1, cx0, cx1 = block.core
     core = (slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))

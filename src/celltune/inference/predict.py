@@ -24,6 +24,7 @@ from celltune.config import RunConfig
 from celltune.errors import ConfigError
 from celltune.inference.instances import (
     DEFAULT_H,
+    DEFAULT_MIN_FRACTION,
     DEFAULT_MIN_SIZE,
     DEFAULT_SEED_THRESHOLD,
     METHODS,
@@ -32,6 +33,7 @@ from celltune.inference.instances import (
     instances_from_classes_tiled,
     instances_from_distance_tiled,
     label_instances_tiled,
+    remove_relative,
 )
 from celltune.inference.tiling import count_tiles, predict_tiled
 from celltune.io import normalize, normalize_bounds, to_channels
@@ -41,7 +43,7 @@ from celltune.models.checkpoint import load_model_from_checkpoint
 from celltune.rundir import RunDir
 
 #: Parameters of the instance step a predictor carries (``postprocess.json``'s ``best``).
-INSTANCE_PARAMETERS = ("method", "h", "seed_threshold", "min_size")
+INSTANCE_PARAMETERS = ("method", "h", "seed_threshold", "min_size", "min_fraction")
 #: Heads whose cells grow from seeds the network predicts (tuned by ``seed_threshold``);
 #: the others split their mask by the distance-transform watershed (tuned by ``h``).
 SEEDED_HEADS = INSTANCE_HEADS
@@ -152,6 +154,8 @@ class Predictor:
         self.seed_threshold = DEFAULT_SEED_THRESHOLD
         #: Smallest cell kept, in pixels.
         self.min_size = DEFAULT_MIN_SIZE
+        #: Smallest cell kept, as a fraction of the image's typical cell area.
+        self.min_fraction = DEFAULT_MIN_FRACTION
         self._set_instances(instances or {})
         self.divisor = int(getattr(model, "size_divisor", 32))
         #: Where the model came from (set by :meth:`from_run`); recorded in predict_args.json.
@@ -175,6 +179,10 @@ class Predictor:
         self.instance_method, self.min_size = method, min_size
         self.h = float(params.get("h", self.h))
         self.seed_threshold = float(params.get("seed_threshold", self.seed_threshold))
+        fraction = float(params.get("min_fraction", self.min_fraction))
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"min_fraction must lie in [0, 1), got {fraction}.")
+        self.min_fraction = fraction
 
     def instance_params(self) -> dict[str, Any]:
         """The instance step's parameters that apply to this head, JSON-ready."""
@@ -184,6 +192,7 @@ class Predictor:
         else:
             params["h"] = self.h
         params["min_size"] = self.min_size
+        params["min_fraction"] = self.min_fraction
         return params
 
     def with_options(
@@ -416,10 +425,19 @@ class Predictor:
         without ``classes`` it is the distance-transform watershed of ``mask`` with this
         predictor's ``h``. ``"components"`` labels the mask's connected regions for
         every head. Both run window by window on large images, so memory stays bounded.
+        Cells under ``min_size`` pixels, then under ``min_fraction`` of the image's typical
+        cell area (:func:`~celltune.inference.instances.typical_area`), are dropped.
 
         Raises:
             ConfigError: ``method`` is unknown.
         """
+        cells = self._decode(mask, classes, method, min_size)
+        return remove_relative(cells, self.min_fraction)
+
+    def _decode(
+        self, mask: np.ndarray, classes: np.ndarray | None, method: str | None,
+        min_size: int | None,
+    ) -> np.ndarray:
         method = self.instance_method if method is None else method
         min_size = self.min_size if min_size is None else min_size
         if method not in METHODS:

@@ -139,11 +139,13 @@ cells from class probabilities that this package does not output; for its labels
         f"label_instances(mask, method={params['method']!r}, "
         f"min_size={params['min_size']}, h={params.get('h', 2.0)})"
     )
+    if params.get("min_fraction"):
+        call = f"remove_relative({call}, {params['min_fraction']:g})"
     return f"""
 ## Masks and cell labels from the probability
 
 ```python
-from celltune.inference.instances import label_instances
+from celltune.inference.instances import label_instances, remove_relative
 mask = probability[0, 0] >= {predictor.threshold:g}
 labels = {call}
 ```

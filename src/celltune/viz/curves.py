@@ -82,11 +82,11 @@ def threshold_curves(curves: Mapping[str, Mapping[str, Any]], title: str | None 
 
 def postprocess_curve(sweep: Mapping[str, Any], title: str | None = None) -> Figure:
     """Validation F1 at IoU 0.5 versus the instance step's swept parameter, one line per
-    smallest-cell size, the chosen point starred; candidates off the axis (plain connected
+    size filter, the chosen point starred; candidates off the axis (plain connected
     components) are drawn as a dashed level.
 
     Args:
-        sweep: ``postprocess.json`` content (``parameter``, ``candidates``, ``min_sizes``,
+        sweep: ``postprocess.json`` content (``parameter``, ``candidates``, ``filters``,
             ``f1``, ``best``, ``best_f1``).
     """
     name = sweep["parameter"]
@@ -94,17 +94,17 @@ def postprocess_curve(sweep: Mapping[str, Any], title: str | None = None) -> Fig
     xs = [sweep["candidates"][i][name] for i in on_axis]
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
-    sizes = sweep["min_sizes"]
-    for j, (size, color) in enumerate(zip(sizes, _colors(len(sizes)), strict=True)):
+    filters = sweep["filters"]
+    for j, (size, color) in enumerate(zip(filters, _colors(len(filters)), strict=True)):
         ax.plot(xs, [sweep["f1"][i][j] for i in on_axis], marker="o", ms=3, color=color,
-                label=f"min size {size} px")
+                label=_filter_label(size))
         for i, c in enumerate(sweep["candidates"]):
             if name not in c:
                 ax.axhline(sweep["f1"][i][j], color=color, ls="--", lw=0.8)
     best = sweep["best"]
     if name in best:
         ax.plot([best[name]], [sweep["best_f1"]], marker="*", ms=12, color="black",
-                label=f"chosen ({name}={best[name]:g}, min size {best['min_size']})")
+                label=f"chosen ({name}={best[name]:g}, {_filter_label(best)})")
     ax.set(xlabel=name, ylabel="mean validation F1 at IoU 0.5", ylim=(0, 1))
     if name == "h":
         ax.set_xscale("log", base=2)
@@ -112,6 +112,13 @@ def postprocess_curve(sweep: Mapping[str, Any], title: str | None = None) -> Fig
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _filter_label(size_filter: Mapping[str, Any]) -> str:
+    fraction = size_filter.get("min_fraction") or 0.0
+    if fraction:
+        return f"cells >= {fraction:g} x typical area"
+    return f"cells >= {size_filter.get('min_size', 0)} px"
 
 
 def _colors(n: int) -> list[Any]:
