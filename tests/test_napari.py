@@ -3,8 +3,11 @@ and adds its cells, the reader opens a run folder, the samples come from the gen
 
 The Qt-free parts (reader, samples, layer data) run everywhere. The manifest and viewer tests
 need the extra ``celltune[napari]``, a Qt backend and pytest-qt (all in ``.[dev]``); without
-them they skip and say which is missing. The viewer runs headless (``QT_QPA_PLATFORM``
-defaults to ``offscreen`` here).
+them they skip and say which is missing. Qt runs headless (conftest sets
+``QT_QPA_PLATFORM=offscreen`` unless set): the widget works on napari's ``ViewerModel``;
+the full window's canvas needs OpenGL, which Qt's offscreen platform lacks, so the one
+canvas test runs only under a virtual X server (``xvfb-run -a python -m pytest ...``
+with ``QT_QPA_PLATFORM=xcb``) and skips otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from celltune.integrations.napari.sample import fluorescence, phase_contrast
 from celltune.io import read_image
 from celltune.rundir import RunDir
 from tiny_runs import make_run
-
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 MANIFEST = (Path(__file__).resolve().parents[1] / "src" / "celltune" / "integrations"
             / "napari" / "napari.yaml")
