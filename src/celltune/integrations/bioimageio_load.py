@@ -49,11 +49,17 @@ def _reader(path: Path) -> tuple[Callable[[str], bytes], list[str]]:
     if path.is_dir():
         names = [p.name for p in path.iterdir() if p.is_file()]
         return (lambda name: (path / name).read_bytes()), names
+
+    def read(name: str) -> bytes:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(name)
+
     try:
-        archive = zipfile.ZipFile(path)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
     except (OSError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}: not a readable model package ({exc}).") from exc
-    return archive.read, archive.namelist()
+    return read, names
 
 
 def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], Callable[[str], bytes]]:
