@@ -58,10 +58,15 @@ class _Progress(QObject):
 @thread_worker
 def _predict_worker(
     load: Any, image: np.ndarray, progress: _Progress
-) -> tuple[np.ndarray, np.ndarray]:
-    predictor = load()
-    progress.total.emit(predictor.tile_count(*image.shape[:2]))
-    return predict_image(predictor, image, on_tile=progress.advanced.emit)
+) -> tuple[np.ndarray, np.ndarray] | CelltuneError:
+    # A user's mistake (not a run folder, a bad package) comes back as a value: napari reports
+    # a raised exception as a crash with a traceback, which only a bug deserves.
+    try:
+        predictor = load()
+        progress.total.emit(predictor.tile_count(*image.shape[:2]))
+        return predict_image(predictor, image, on_tile=progress.advanced.emit)
+    except CelltuneError as exc:
+        return exc
 
 
 class PredictWidget(QWidget):
@@ -157,7 +162,9 @@ class PredictWidget(QWidget):
         self.predict_button.setEnabled(False)
         self.progress.setRange(0, 0)  # busy until the model is loaded and the tiles counted
         self.status.setText(f"Predicting {layer.name}…")
-        worker = _predict_worker(lambda: self._predictor(source, tile, tta), image, self._progress)
+        worker = _predict_worker(
+            lambda: self._predictor(source, tile, tta), image, self._progress, _ignore_errors=True
+        )
         worker.returned.connect(lambda result: self._show(layer, result))
         worker.errored.connect(self._failed)
         worker.finished.connect(lambda: self.predict_button.setEnabled(True))
@@ -191,7 +198,10 @@ class PredictWidget(QWidget):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
 
-    def _show(self, layer: Image, result: tuple[np.ndarray, np.ndarray]) -> None:
+    def _show(self, layer: Image, result: tuple[np.ndarray, np.ndarray] | CelltuneError) -> None:
+        if isinstance(result, CelltuneError):
+            self._failed(result)
+            return
         probability, labels = result
         common = {"scale": layer.scale, "translate": layer.translate}
         shown = {existing.name: existing for existing in self.viewer.layers}
