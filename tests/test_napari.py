@@ -327,3 +327,16 @@ def test_the_widget_predicts_a_layer_on_the_canvas(viewer, qtbot, tmp_path):
     labels = viewer.layers["canvas cells"].data
     assert np.array_equal(labels, predictor.label(expected.mask, expected.classes))
     assert viewer.screenshot(canvas_only=True).ndim == 3
+
+
+def test_inside_napari_torch_is_imported_with_triton_hidden():
+    """Triton loaded under a live Mesa OpenGL context segfaults (seen with napari's canvas
+    under Xvfb); the plugin imports torch with Triton hidden when napari came first."""
+    _require_napari_and_qt()
+    code = ("import sys, napari, celltune.integrations.napari.layers; "
+            "from torch.utils._triton import has_triton_package; "
+            "print(has_triton_package(), 'triton' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["False", "False"]

@@ -11,3 +11,29 @@ the ``napari.manifest`` entry point) and needs the optional extra
 
 Nothing is imported here, so ``import celltune`` never imports napari or Qt.
 """
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def _import_torch_without_triton() -> None:
+    """Import celltune's torch stack with Triton hidden, when napari runs and torch is not
+    yet imported.
+
+    Triton's compiler library crashes the process (segmentation fault) when it is loaded
+    after an OpenGL context of Mesa's LLVM-based drivers is current, which is the state
+    napari is in once its canvas exists; torchvision imports it through ``torch._dynamo``.
+    Prediction here never compiles, so torch is told Triton is absent (it caches that
+    answer) and Triton stays importable for anyone who asks later.
+    """
+    if "napari" not in sys.modules or "torch" in sys.modules or "triton" in sys.modules:
+        return
+    sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
+    try:
+        importlib.import_module("celltune.inference.predict")
+    finally:
+        del sys.modules["triton"]
+
+
+_import_torch_without_triton()
