@@ -10,6 +10,8 @@ import pytest
 # Tests must never download weights or data; a hub call fails fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Qt widgets (the napari plugin's tests) run headless unless a display is asked for.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
