@@ -29,7 +29,7 @@ def exported(tmp_path_factory):
     write_dataset(root / "data", n=2, size=64, seed=1, png_fraction=0.0)
     images = sorted((root / "data" / "images").iterdir())
     run.write_splits(Splits(train=[Sample(images[0])], val=[Sample(images[1])]))
-    best = {"method": "watershed", "h": 3.0, "min_size": 5}
+    best = {"method": "watershed", "h": 3.0, "min_size": 5, "min_fraction": 0.1}
     run.postprocess_path.write_text(json.dumps({"best": best}))
     return run, export_bioimageio(run.path, root / "model.zip").path
 
@@ -40,7 +40,8 @@ def test_the_package_predicts_what_its_run_predicts(exported):
     from_package = predictor_from_package(package, tile=64, device="cpu")
     from_run = Predictor.from_run(run, tile=64, device="cpu")
     assert from_package.threshold == pytest.approx(0.4)
-    assert from_package.instance_params() == {"method": "watershed", "h": 3.0, "min_size": 5}
+    assert from_package.instance_params() == {
+        "method": "watershed", "h": 3.0, "min_size": 5, "min_fraction": 0.1}
     image, _ = generate_image(2, 100, "fluorescence")
     got, want = from_package.predict(image), from_run.predict(image)
     assert np.allclose(got.probability, want.probability, atol=1e-6)
