@@ -57,6 +57,21 @@ def test_the_sweep_picks_the_one_candidate_that_splits_the_cells():
     assert result.f1[2] == pytest.approx([0.0, 0.0])
 
 
+def test_connected_components_can_win_and_keep_complete_parameters():
+    truth = _discs((64, 64), [(20, 20), (44, 44)], 9)
+    candidates = [{"method": "watershed", "h": 2.0}, {"method": "components"}]
+    sweep = PostprocessSweep(candidates, FILTERS, default_params(seeded=False))
+    # The watershed splits each cell in two; components keeps them whole.
+    split = np.where(np.add.outer(np.zeros(64), np.arange(64)) < 20, truth, truth * 3)
+    sweep.add(truth, lambda p: truth if p["method"] == "components" else split)
+    result = sweep.result(head="binary", parameter="h")
+    assert result.best["method"] == "components" and result.best_f1 == pytest.approx(1.0)
+    import torch
+
+    predictor = Predictor(torch.nn.Conv2d(1, 1, 1), device="cpu")
+    assert predictor.with_options(instances=result.best).label(truth > 0).max() == 2
+
+
 def test_the_sweep_picks_the_smallest_size_that_removes_fragments():
     truth = _discs((64, 64), [(20, 20), (44, 44)], 9)  # cells of ~250 px
     noisy = truth.copy()

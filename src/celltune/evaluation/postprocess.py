@@ -182,14 +182,15 @@ class PostprocessSweep:
         best_i, best_j = np.unravel_index(int(np.argmax(mean)), mean.shape)
         # Complete parameters: a candidate without ``h`` (components) keeps the default's.
         best = {**self.default, **self.candidates[best_i], **self.filters[best_j]}
+        best_f1 = float(mean[best_i, best_j])
         default_f1 = self._mean_of(mean, self.default)
-        if default_f1 is not None and default_f1 >= mean[best_i, best_j] - _TIE:
-            best = dict(self.default)
+        if default_f1 is not None and default_f1 >= best_f1 - _TIE:
+            best, best_f1 = dict(self.default), default_f1
         area = extra.pop("median_cell_area", math.nan)
         return PostprocessResult(
             head=head, parameter=parameter, candidates=self.candidates,
             filters=self.filters, f1=mean.round(6).tolist(), best=best,
-            best_f1=float(self._mean_of(mean, best)), default=self.default,
+            best_f1=best_f1, default=self.default,
             default_f1=float(default_f1) if default_f1 is not None else math.nan,
             n_images=len(self._scores), median_cell_area=float(area), extra=extra,
         )
