@@ -284,15 +284,23 @@ def instances_from_classes(
     Raises:
         ValueError: ``probs`` is not ``(3, H, W)``.
     """
+    p = _check_classes(probs)
+    return _grow_seeds(class_foreground(p) >= fg_threshold, p[1], seed_threshold, min_size)
+
+
+def _grow_seeds(
+    fg: np.ndarray, height: np.ndarray, seed_threshold: float, min_size: int
+) -> np.ndarray:
+    """Cells of the foreground ``fg`` grown from the regions where ``height`` (an instance
+    head's interior probability or distance) reaches ``seed_threshold``, by a watershed on
+    ``-height``; a region without a seed is one cell; small cells dropped, ids 1..n."""
     from skimage.segmentation import watershed
 
-    p = _check_classes(probs)
-    fg = class_foreground(p) >= fg_threshold
     if not fg.any():
         return np.zeros(fg.shape, dtype=np.int32)
-    interior = p[1].astype(np.float32, copy=False)
-    markers = _markers((interior >= seed_threshold) & fg, fg)
-    labels = watershed(-interior, markers, mask=fg, connectivity=2)
+    height = height.astype(np.float32, copy=False)
+    markers = _markers((height >= seed_threshold) & fg, fg)
+    labels = watershed(-height, markers, mask=fg, connectivity=2)
     return remove_small(labels, min_size)
 
 
@@ -371,16 +379,8 @@ def instances_from_distance(
     Raises:
         ValueError: ``prob2`` is not ``(2, H, W)``.
     """
-    from skimage.segmentation import watershed
-
     p = _check_distance(prob2)
-    fg = p[0] >= fg_threshold
-    if not fg.any():
-        return np.zeros(fg.shape, dtype=np.int32)
-    distance = p[1].astype(np.float32, copy=False)
-    markers = _markers((distance >= seed_threshold) & fg, fg)
-    labels = watershed(-distance, markers, mask=fg, connectivity=2)
-    return remove_small(labels, min_size)
+    return _grow_seeds(p[0] >= fg_threshold, p[1], seed_threshold, min_size)
 
 
 def instances_from_distance_tiled(
