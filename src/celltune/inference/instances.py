@@ -241,14 +241,17 @@ def _cells_centred_in(
     return lut
 
 
-def _check_classes(probs: np.ndarray) -> np.ndarray:
+def _check_channels(probs: np.ndarray, channels: int, meaning: str) -> np.ndarray:
+    """``probs`` as an array of shape ``(channels, H, W)``; ValueError naming ``meaning``."""
     arr = np.asarray(probs)
-    if arr.ndim != 3 or arr.shape[0] != 3:
-        raise ValueError(
-            "expected class probabilities (3, H, W) for background / interior / boundary, "
-            f"got shape {arr.shape}."
-        )
+    if arr.ndim != 3 or arr.shape[0] != channels:
+        raise ValueError(f"expected {meaning}, got shape {arr.shape}.")
     return arr
+
+
+def _check_classes(probs: np.ndarray) -> np.ndarray:
+    return _check_channels(
+        probs, 3, "class probabilities (3, H, W) for background / interior / boundary")
 
 
 def class_foreground(probs: np.ndarray) -> np.ndarray:
@@ -337,13 +340,9 @@ def instances_from_classes_tiled(
 
 
 def _check_distance(prob2: np.ndarray) -> np.ndarray:
-    arr = np.asarray(prob2)
-    if arr.ndim != 3 or arr.shape[0] != 2:
-        raise ValueError(
-            "expected the distance head's probabilities (2, H, W): foreground and normalised "
-            f"distance, got shape {arr.shape}."
-        )
-    return arr
+    return _check_channels(
+        prob2, 2, "the distance head's probabilities (2, H, W): foreground and normalised "
+        "distance")
 
 
 def distance_foreground(prob2: np.ndarray) -> np.ndarray:
