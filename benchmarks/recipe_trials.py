@@ -56,10 +56,12 @@ def train(args: argparse.Namespace) -> None:
     root = Path(args.data).expanduser().resolve()
     splits, _ = prepare_split(root, out, split_file=args.split)
     # celltune@untuned scores the same network with the instance step's defaults.
+    # celltune@tta scores it with test-time flips (threshold chosen again on validation).
     settings = BenchSettings(minutes=args.minutes, celltune=spec["overrides"],
-                             untuned_instances=True)
+                             untuned_instances=True, tta_variant=args.tta)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        record = run_training(args.recipe, seed, splits, root, out, settings)
+        record = run_training(args.recipe, seed, splits, root, out, settings,
+                              keep_checkpoints=args.keep_checkpoints)
         scores = ", ".join(
             f"{v} Dice {np.mean([r['dice'] for r in rows]):.3f} "
             f"F1 {np.mean([r['f1'] for r in rows]):.3f}"
@@ -89,7 +91,8 @@ def compare_variants(args: argparse.Namespace) -> None:
         {**r, "variants": ["plain_smp@val"]} for r in records if "plain_smp@0.5" in r["variants"]]
     for variant in VARIANTS:
         records += _records(out / variant, "celltune",
-                            {"celltune": variant, "celltune@untuned": f"{variant}@untuned"})
+                            {"celltune": variant, "celltune@untuned": f"{variant}@untuned",
+                             "celltune@tta": f"{variant}@tta"})
     names = [row["name"] for row in next(iter(records[0]["scores"].values()))]
     summary = summarize(records, names)
     print("| variant | test Dice | test F1@0.5 | training min | seeds |\n|---|---|---|---|---|")
@@ -118,6 +121,10 @@ def main() -> None:
                    help="celltune (the variant), or plain_smp to add seeds to a bench folder")
     t.add_argument("--seeds", default="0,1,2")
     t.add_argument("--minutes", type=float, default=3.0)
+    t.add_argument("--tta", action="store_true",
+                   help="also score each network with test-time flips (celltune@tta)")
+    t.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the trained weights (to score other inference steps later)")
     c = sub.add_parser("compare", help="compare the variants trained so far")
     c.add_argument("--out", required=True)
     c.add_argument("--baseline", required=True)

@@ -208,6 +208,29 @@ def test_an_instance_head_is_scored_with_its_own_decoding(data, tmp_path, monkey
     assert 0.0 <= result.summary["celltune"]["f1"]["mean"] <= 1.0
 
 
+def test_flip_variant_scores_the_same_network_with_flips_and_its_own_threshold(
+        data, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import celltune.inference.predict as predict
+
+    flips = []
+    original = predict.flip_tta
+
+    def spy(forward):
+        flips.append(True)
+        return original(forward)
+
+    monkeypatch.setattr(predict, "flip_tta", spy)
+    settings = replace(TINY, tta_variant=True)
+    result = run_benchmark(data, tmp_path / "out", recipes=["celltune"], seeds=[0],
+                           minutes=MINUTES, settings=settings)
+    assert set(result.summary) >= {"celltune", "celltune@tta"}
+    n_test, n_val = result.split["counts"]["test"], result.split["counts"]["val"]
+    # Flipped forward passes: each validation image for the threshold, each test image once.
+    assert len(flips) == n_val + n_test
+
+
 def test_plan_epochs_fits_the_budget():
     from celltune.workflows.bench_cellpose import plan_epochs
 

@@ -74,16 +74,18 @@ DEFAULT_SEEDS = (0, 1, 2)
 def _semantic(predictors: dict[str, Predictor]) -> Segment:
     """Probabilities once per image; a mask and cells per variant's predictor.
 
-    All the variants' predictors share one network and differ only in their threshold and
-    instance step; cells come from each one's :meth:`Predictor.label` (the mask's watershed,
+    All the variants' predictors share one network and differ only in their threshold,
+    instance step and test-time flips (probabilities are computed once per flip setting); cells come from each one's :meth:`Predictor.label` (the mask's watershed,
     or an instance-aware head's own decoding).
     """
-    first = next(iter(predictors.values()))
 
     def segment(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        pred = first.predict(image)
+        preds: dict[bool, Any] = {}  # one forward pass per test-time-flip setting
         out = {}
         for variant, predictor in predictors.items():
+            if predictor.tta not in preds:
+                preds[predictor.tta] = predictor.predict(image)
+            pred = preds[predictor.tta]
             mask = pred.probability >= predictor.threshold
             out[variant] = (mask, predictor.label(mask, pred.classes))
         return out
@@ -114,6 +116,10 @@ def train_celltune(job: Job) -> Trained:
     if s.untuned_instances:
         predictors["celltune@untuned"] = predictor.with_options(
             instances=default_params(predictor.head in SEEDED_HEADS))
+    if s.tta_variant:
+        flipped = predictor.with_options(tta=True)
+        predictors["celltune@tta"] = flipped.with_options(
+            threshold=val_threshold(flipped, job.val))
     return Trained(
         segment=_semantic(predictors),
         variants=tuple(predictors),

@@ -31,6 +31,9 @@ class BenchSettings:
     #: Also score celltune's network with the untuned instance step (``celltune@untuned``),
     #: to measure what the tuning adds (recipe trials).
     untuned_instances: bool = False
+    #: Also score celltune's network with test-time flips (``celltune@tta``; its threshold
+    #: chosen again on validation with the flips), to measure what they add (recipe trials).
+    tta_variant: bool = False
     #: Extra ``cellpose.train.train_seg`` arguments, e.g. ``{"bsize": 64}``.
     cellpose: dict[str, Any] = field(default_factory=dict)
 
