@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rescale": {"overrides": {}, "derive": ("resize",)},
     "lr2e-3": {"overrides": {"train": {"lr": 2e-3}}},
     "aug1": {"overrides": {"train": {"aug": "aug1"}}},
+    "gaps": {"overrides": {"train": {"gaps": True}}},
     "boundary": {"overrides": {"model": {"head": "boundary"}}},
     "distance": {"overrides": {"model": {"head": "distance"}}},
 }

@@ -113,6 +113,9 @@ def train(
         "each cell's border: cells grow from the distance peaks).")] = None,
     aug: Annotated[str | None, Opt(help="Augmentation: none, aug1, aug2.")] = None,
     loss: Annotated[str | None, Opt(help="bce_dice, dice, focal, bce, ce.")] = None,
+    gaps: Annotated[bool | None, Opt(
+        "--gaps/--no-gaps",
+        help="Binary head: learn a gap where touching cells meet (splits them).")] = None,
     epochs: Annotated[int | None, Opt(
         help="Epochs; default 40, more for small sets (a cap when --max-time is given).")] = None,
     max_time: Annotated[float | None, Opt(
@@ -173,7 +176,7 @@ def train(
         "data.crop": crop, "data.resize": resize,
         "model.name": model, "model.weights": weights, "model.head": head,
         "model.encoder": encoder, "train.epochs": epochs, "train.max_time": max_time,
-        "train.batch_size": batch_size, "train.lr": lr, "train.loss": loss, "train.aug": aug,
+        "train.batch_size": batch_size, "train.lr": lr, "train.loss": loss, "train.gaps": gaps, "train.aug": aug,
         "train.seed": seed, "train.accelerator": accelerator, "train.devices": devices,
         "train.num_nodes": num_nodes, "train.strategy": strategy,
         "train.precision": precision, "train.patience": patience,

@@ -112,6 +112,11 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(1.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     loss: str = Field("bce_dice", description="bce_dice, dice, focal, bce, ce")
+    gaps: bool = Field(
+        False,
+        description="binary head: learn the mask with a gap where touching cells meet, so "
+        "the instance step splits them (celltune.data.targets.binary_gaps_target)",
+    )
     aug: str = Field(
         "aug2",
         description="augmentation preset: none, aug1, aug2 (intensity augmentation makes "

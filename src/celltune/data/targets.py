@@ -82,6 +82,34 @@ def boundary_mask(labels: np.ndarray) -> np.ndarray:
     return differs & (arr > 0)
 
 
+def contact_mask(labels: np.ndarray) -> np.ndarray:
+    """Boolean ``(H, W)``: cell pixels with a 4-neighbour of a *different cell* (not the
+    background): the two one-pixel rims where touching cells meet."""
+    arr = _check_labels(labels)
+    padded = np.pad(arr, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    out = np.zeros(arr.shape, dtype=bool)
+    for neighbour in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
+        out |= (neighbour != centre) & (neighbour > 0)
+    return out & (arr > 0)
+
+
+@TARGETS.register("binary_gaps", classes=1)
+def binary_gaps_target(labels: np.ndarray) -> np.ndarray:
+    """The binary target with touching cells pulled apart: float32 ``(1, H, W)``, 1 on cells
+    except where a cell meets another one (:func:`contact_mask`, a two-pixel line), 0 there
+    and on the background. A binary head trained on it learns to leave a gap between cells
+    that touch, which the mask's instance step then splits (``train.gaps``).
+
+    Example:
+        >>> labels = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
+        >>> binary_gaps_target(labels)[0].astype(int).tolist()
+        [[1, 0, 0, 1], [1, 0, 0, 1]]
+    """
+    arr = _check_labels(labels)
+    return ((arr > 0) & ~contact_mask(arr)).astype(np.float32)[None]
+
+
 @TARGETS.register("three_class", classes=3)
 def three_class_target(labels: np.ndarray) -> np.ndarray:
     """Class indices as int64 ``(H, W)``: 0 background, 1 interior, 2 boundary."""

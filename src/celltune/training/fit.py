@@ -35,7 +35,7 @@ from celltune.data.fingerprint import fingerprint_for
 from celltune.data.neurips import FILTERS, make_splits, training_images
 from celltune.data.samples import Splits
 from celltune.data.synthetic import ensure_dataset
-from celltune.errors import DataError, RunError
+from celltune.errors import ConfigError, DataError, RunError
 from celltune.models import HEAD_TARGETS, MODELS
 from celltune.rundir import RunDir
 from celltune.training.budget import TimeBudget
@@ -178,6 +178,12 @@ def build_loaders(config: RunConfig, splits: Splits) -> tuple[Any, Any]:
     """Training crops and whole validation images, with the target the model's head learns."""
     d, t = config.data, config.train
     target = HEAD_TARGETS[config.model.head]
+    if t.gaps:
+        if target != "binary":
+            raise ConfigError(
+                f"--gaps (train.gaps) applies to the binary head only; --head "
+                f"{config.model.head} has its own way to separate touching cells: drop --gaps.")
+        target = "binary_gaps"
     train_ds = CropDataset(
         splits.train, crop=d.crop, channels=d.channels, augment=t.aug,
         samples_per_epoch=d.samples_per_epoch, seed=t.seed,
