@@ -82,7 +82,9 @@ def predict(
 
     Whole slides (*.zarr OME-Zarr folders, *.ome.tif) are predicted block by block into
     OUT/<stem>.zarr/labels/cells (NGFF labels; --in-place: into the input Zarr), plus
-    OUT/<stem>_labels.ome.tif for an OME-TIFF; see the README's "Whole slides".
+    OUT/<stem>_labels.ome.tif for an OME-TIFF; --threshold, --tta, --tile, --instances and
+    --min-size apply to them too (--instances none: labels/mask); see the README's "Whole
+    slides".
     """
     from celltune.inference.batch import predict_files
     from celltune.ome import is_slide
@@ -93,7 +95,9 @@ def predict(
     if slides:
         options = dict(workers=workers, scheduler=scheduler, pixel_size=pixel_size, block=block,
                        margin=margin, in_place=in_place, resume=resume, save_prob=save_prob,
-                       overwrite=overwrite, device=device, checkpoint=checkpoint)
+                       overwrite=overwrite, device=device, checkpoint=checkpoint, tile=tile,
+                       overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold,
+                       instances=instances, min_size=min_size)
         ok = _predict_slides(run, slides, out, options, console, progress)
         inputs = [i for i in inputs if not is_slide(i)]
         if not inputs:
@@ -129,7 +133,8 @@ def _predict_slides(run: Path, slides: list[str], out: Path, options: dict, cons
 
         batch = predict_slides(run, slides, out, on_block=on_block, **options)
     for result in batch.slides:
-        console.print(f"{result.path.name}: {result.cells} cells in {result.seconds:.1f} s -> "
+        what = "mask" if result.cells is None else f"{result.cells} cells"
+        console.print(f"{result.path.name}: {what} in {result.seconds:.1f} s -> "
                       f"{result.labels}", highlight=False, soft_wrap=True)
     style = "green" if batch.ok else "bold red"
     console.print(f"[{style}]{batch.summary()}[/]", highlight=False, soft_wrap=True)

@@ -63,6 +63,7 @@ from celltune.inference.files import (
     overlay_outlines,
     preview,
 )
+from celltune.inference.instances import remove_relative
 from celltune.inference.measurements import measure_cells, measurement_columns, measurements_csv
 from celltune.inference.predict import Predictor
 from celltune.integrations.geojson import write_geojson
@@ -442,15 +443,17 @@ def _write_cells(
 def _instances(
     predictor: Predictor, mask: np.ndarray, classes: np.ndarray | None, options: OutputOptions
 ) -> tuple[np.ndarray | None, int | None, float | None]:
-    """Labels, cell count and mean cell area with the predictor's instance step; the
-    boundary head decodes its own classes."""
+    """Labels, cell count and mean cell area with the predictor's instance step (its
+    relative size filter included, as :meth:`Predictor.label` applies it); the boundary and
+    distance heads decode their own classes."""
     if options.instances == "none":
         return None, None, None
     if classes is not None and predictor.instance_method == "watershed":
         labels = predictor.label(mask, classes)
     else:
-        labels = label_in_bands(mask, predictor.instance_method, predictor.min_size,
-                                h=predictor.h)
+        labels = remove_relative(
+            label_in_bands(mask, predictor.instance_method, predictor.min_size, h=predictor.h),
+            predictor.min_fraction)
     cells = int(labels.max())
     mean_area = float(np.count_nonzero(labels)) / cells if cells else None
     return labels, cells, mean_area
