@@ -39,7 +39,7 @@ import json
 import math
 import resource
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -337,6 +337,67 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
         yield client
 
 
+def fan_out(
+    fn: Callable[[Any, Any, Any], Any],
+    shared: Any,
+    job: Any,
+    items: Sequence[Any],
+    *,
+    client: Any = None,
+    workers: int = 1,
+    catch: bool = False,
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(position, fn(shared, job, item))`` for each of ``items`` as it finishes.
+
+    On a Dask ``client`` ``shared`` (the predictor) is sent once to every worker, which
+    keeps it for all its items; with ``workers`` > 1 and no client, threads of this process
+    share it; otherwise the items run here, in order. An exception from ``fn`` (or a lost
+    worker) cancels what has not started and propagates, unless ``catch``: then it is
+    yielded in place of that item's result and the others go on. Stopping the iteration early
+    cancels the rest too.
+
+    Example:
+        >>> for i, result in fan_out(run_block, predictor, job, blocks):  # doctest: +SKIP
+        ...     print(i, result["cells"])
+    """
+    if client is not None:
+        from distributed import as_completed
+
+        remote = client.scatter(shared, broadcast=True)
+        n = len(items)
+        futures = client.map(fn, [remote] * n, [job] * n, list(items), pure=False)
+        where = {future.key: i for i, future in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                yield where[future.key], _outcome(future.result, catch)
+        finally:
+            client.cancel(futures)
+    elif workers > 1:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = {pool.submit(fn, shared, job, item): i for i, item in enumerate(items)}
+            try:
+                for future in as_completed(pending):
+                    yield pending[future], _outcome(future.result, catch)
+            finally:
+                for future in pending:
+                    future.cancel()
+    else:
+        for i, item in enumerate(items):
+            yield i, _outcome(lambda item=item: fn(shared, job, item), catch)
+
+
+def _outcome(result: Callable[[], Any], catch: bool) -> Any:
+    """``result()``, or the exception it raised when ``catch``."""
+    try:
+        return result()
+    except Exception as exc:
+        if not catch:
+            raise
+        return exc
+
+
 def run_blocks(
     predictor: Predictor,
     job: BlockJob,
@@ -346,41 +407,15 @@ def run_blocks(
     workers: int = 1,
     on_result: Callable[[dict[str, int]], None] | None = None,
 ) -> list[dict[str, int]]:
-    """Run ``blocks`` on ``client`` (Dask), on ``workers`` threads, or here, one by one.
+    """Run ``blocks`` on ``client`` (Dask), on ``workers`` threads, or here, one by one
+    (:func:`fan_out`).
 
     ``on_result`` is called in this process as each block finishes. The first failing block
     cancels the rest and its error is raised.
     """
     results: list[dict[str, int]] = []
-
-    def done(result: dict[str, int]) -> None:
+    for _, result in fan_out(run_block, predictor, job, blocks, client=client, workers=workers):
         results.append(result)
         if on_result is not None:
             on_result(result)
-
-    if client is not None:
-        from distributed import as_completed
-
-        remote = client.scatter(predictor, broadcast=True)
-        futures = client.map(run_block, [remote] * len(blocks), [job] * len(blocks), blocks,
-                             pure=False)
-        try:
-            for future in as_completed(futures):
-                done(future.result())
-        finally:
-            client.cancel(futures)
-    elif workers > 1:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        with ThreadPoolExecutor(workers) as pool:
-            pending = [pool.submit(run_block, predictor, job, b) for b in blocks]
-            try:
-                for future in as_completed(pending):
-                    done(future.result())
-            finally:
-                for future in pending:
-                    future.cancel()
-    else:
-        for block in blocks:
-            done(run_block(predictor, job, block))
     return results
