@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -11,14 +13,21 @@ from celltune.errors import ConfigError, DataError  # noqa: E402
 from celltune.inference import parallel, slides  # noqa: E402
 from celltune.inference.parallel import global_ids, plan_blocks  # noqa: E402
 from slide_helpers import (  # noqa: E402
+    DiscAnswer,
+    big_slide_centres,
+    cut_discs,
     disc_image,
     same_partition,
+    same_partition_chunked,
     stand_in_predictor,
     straddling_centres,
+    write_disc_slide,
     write_slide,
 )
 
 SHAPE, BLOCK = (1024, 1024), 256
+#: Side of the slide of test_a_big_slide_on_two_local_workers_matches_one_process.
+BIG_SLIDE = int(os.environ.get("CELLTUNE_BIG_SLIDE", "16384"))
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +375,71 @@ def test_cli_forwards_instances_and_threshold_to_slides(tmp_path):
     expected = predictor.with_normalization(slides.overview_bounds(slide, predictor))
     # One block covers the slide, so the block's tiles are the whole image's tiles.
     np.testing.assert_array_equal(mask, expected.predict(image).mask)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+def test_a_big_slide_on_two_local_workers_matches_one_process(tmp_path):
+    """The issue's must-show: a 16384² OME-Zarr (``CELLTUNE_BIG_SLIDE`` pixels a side) of
+    58,305 discs, 705 of them cut by block edges or on corners, written chunk by chunk, is
+    predicted by a local Dask cluster of 2 worker processes (labels written into the slide,
+    ``--in-place``) and by this process alone (into another Zarr): the same cells (ids may
+    differ), every disc exactly one cell, none cut at a block border, peak RSS per worker
+    under 2 GiB, and ome-zarr's reader finds the labels beside the image with their NGFF
+    ``image-label`` metadata. Nothing holds more than a block's window or a 1024² chunk.
+
+    The network is the tiny run's U-Net (``tiny_runs.make_run``) run at its full cost, with
+    a pixelwise answer (:class:`~slide_helpers.DiscAnswer`); block 1024, margin 128, tile 512.
+
+    Time on the shared 2-core VM at 4096² (16 blocks, 3633 discs), each phase measured while
+    nothing else ran: one process 23 s, 2 workers 25 s (plus ~5 s to start the cluster);
+    writing the slide 3 s and the checks ~13 s (measured under load, so less). Peak RSS
+    988 MiB per worker, 1.2 GiB for this process with pytest. 16384² has 16x the pixels,
+    blocks and discs, so expect ~6 + ~7 + ~4 min, about 17-20 min on a quiet VM and far more
+    beside other jobs (run with ``nice``, one 4096² run took 9 min). Run it with:
+    ``OMP_NUM_THREADS=1 PYTHONPATH=src python -m pytest -m slow -s
+    tests/test_parallel.py -k big_slide`` (``CELLTUNE_BIG_SLIDE=4096`` for a quick check).
+    """
+    pytest.importorskip("distributed", reason="the local cluster needs dask's distributed")
+    reader = pytest.importorskip("ome_zarr.reader", reason="needs ome-zarr to check its reader")
+    from ome_zarr.io import parse_url
+
+    from celltune.inference.predict import Predictor
+    from celltune.ome import ngff_attrs
+    from tiny_runs import make_run
+
+    size, block, radius = BIG_SLIDE, 1024, 9
+    tiny = Predictor.from_run(make_run(tmp_path), device="cpu")
+    predictor = Predictor(DiscAnswer(tiny.model), head="binary", tile=512, batch_size=4,
+                          device="cpu", instances={"method": "watershed", "min_size": 16})
+    edges, centres = big_slide_centres(size, block)
+    path = write_disc_slide(tmp_path / "s.ome.zarr", size, centres, radius)
+
+    one = slides.predict_slides(predictor, [path], tmp_path / "one", block=block)
+    two = slides.predict_slides(predictor, [path], tmp_path / "two", block=block, workers=2,
+                                in_place=True)
+    assert one.ok and two.ok, (one.failures, two.failures)
+    a, b = one.slides[0], two.slides[0]
+    print(f"\n{size}²: one process {a.seconds:.0f} s, peak RSS {a.peak_rss_kib / 2**10:.0f} MiB "
+          f"(with pytest); 2 workers {b.seconds:.0f} s, peak RSS per worker "
+          f"{b.peak_rss_kib / 2**10:.0f} MiB; {b.cells} cells, {b.blocks} blocks")
+    assert a.cells == b.cells == len(centres) and b.blocks == (size // block) ** 2
+    labels_one, labels_two = _labels_array(a.labels), _labels_array(b.labels)
+    assert same_partition_chunked(labels_one, labels_two, block)
+    assert cut_discs(labels_two, edges, radius, block) == []
+    assert 0 < b.peak_rss_kib < 2 * 2**20
+
+    nodes = list(reader.Reader(parse_url(str(path)))())
+    [label] = [n for n in nodes if any(isinstance(s, reader.Label) for s in n.specs)]
+    assert label.data[0].shape == (size, size) and any(
+        isinstance(s, reader.Multiscales) for s in nodes[0].specs)
+    np.testing.assert_array_equal(np.asarray(label.data[0][:block, :block]),
+                                  labels_two[:block, :block])
+    meta, version = ngff_attrs(dict(zarr.open_group(str(b.labels), mode="r").attrs))
+    assert version == "0.4" and meta["image-label"]["source"]["image"] == "../../"
+    scale = meta["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == pytest.approx([0.5, 0.5])
+
+
+def _labels_array(group):
+    return zarr.open_array(str(group / "0"), mode="r")
