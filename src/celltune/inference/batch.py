@@ -300,16 +300,35 @@ def predict_files(
     if not resume:
         _check_outputs(out, named, options, overwrite)
     _write_args(out, predictor, inputs, named, options, overwrite)
-    result = BatchResult(out, failures=failures)
-    result.images = list(done.values())
+    result = BatchResult(out, images=list(done.values()), failures=failures)
     result.skipped = [image.path for image in result.images]
-    todo = [(path, name) for path, name in named if name not in done]
     console = console or _default_console()
     for failure in failures:
         _report(console, failure)
+    _predict_all(predictor, named, set(done), out, options, result, console, progress,
+                 workers=workers, scheduler=scheduler)
+    _write_failures(out, result.failures)
+    return result
+
+
+def _predict_all(
+    predictor: Predictor,
+    named: list[tuple[Path, str]],
+    done: set[str],
+    out: Path,
+    options: OutputOptions,
+    result: BatchResult,
+    console: Any,
+    progress: bool,
+    *,
+    workers: int,
+    scheduler: str | None,
+) -> None:
+    """Predict the images not ``done``, here one by one or fanned out over Dask workers."""
+    todo = [(path, name) for path, name in named if name not in done]
     with _progress(console, progress) as bar:
         images = bar.add_task("images", total=len(named), completed=len(done))
-        if workers > 1 or scheduler:
+        if todo and (workers > 1 or scheduler):
             with dask_client(workers, scheduler) as client:
                 _predict_many(predictor, todo, named, out, options, result, client, workers,
                               lambda: bar.advance(images), console)
@@ -321,8 +340,6 @@ def predict_files(
         order = {name: i for i, (_, name) in enumerate(named)}
         result.images.sort(key=lambda image: order[image.name])
         _write_counts(out, result.images)
-    _write_failures(out, result.failures)
-    return result
 
 
 @dataclass(frozen=True)
