@@ -6,12 +6,14 @@ then predicts it with :func:`celltune.inference.slides.predict_slide` for each w
 The model is a small plain U-Net (``unet_plain``, ``tiny``: width 4, untrained) run at full
 cost, whose answer is replaced by the drawn cells (``CellLikeOutput`` of
 ``predict_large.py``), so the watershed sees a realistic mask. Peak RSS per worker is the
-largest ``ru_maxrss`` any worker process reported (workers > 1 run as processes of a
-``distributed.LocalCluster``; 1 worker runs in this process, so its number includes the
-driver and the import baseline).
+largest peak (``VmHWM``) any worker process reported after a block (workers > 1 run as
+processes of a ``distributed.LocalCluster``; 1 worker runs in this process, so its number
+includes the driver and the import baseline). Each line reports seconds, Mpixel/s, cells,
+blocks and that peak.
 
 Example:
     python benchmarks/predict_slides.py --size 8192 --workers 1 2
+    python benchmarks/predict_slides.py --size 16384 --workers 1 2   # the issue's size
 """
 
 from __future__ import annotations

@@ -192,6 +192,18 @@ def test_large_image_overlay_is_downsampled(tmp_path: Path) -> None:
     assert int(read_counts(tmp_path / "out")[0]["cells"]) == 99
 
 
+def test_the_run_s_relative_size_filter_applies_to_files(tmp_path: Path) -> None:
+    img = discs()
+    img[58:61, 70:73] = 200  # a 9-pixel speck: under half the typical cell area
+    [path] = write_images(tmp_path / "in", ["specks.tif"], img)
+    predictor = brightness_predictor(instances={"method": "components", "min_size": 4,
+                                                "min_fraction": 0.5})
+    predict_files(predictor, [path], tmp_path / "out", progress=False)
+    labels = tifffile.imread(tmp_path / "out" / "specks_labels.tif")
+    np.testing.assert_array_equal(labels, predictor.predict_instances(img))
+    assert labels.max() == 3 and int(read_counts(tmp_path / "out")[0]["cells"]) == 3
+
+
 def test_huge_masks_are_labelled_in_bands_with_the_same_cells() -> None:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:300, :200]

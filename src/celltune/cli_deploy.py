@@ -51,9 +51,12 @@ def predict(
     overwrite: Annotated[bool, Opt(help="Replace existing outputs.")] = False,
     progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
     workers: Annotated[int, Opt(help=(
-        "Slides: parallel block workers (local Dask processes; 1 = this process)."))] = 1,
+        "Parallel workers, local Dask processes (1 = this process): slides' blocks, and "
+        "ordinary files, one file per worker at a time."))] = 1,
     scheduler: Annotated[str | None, Opt(help=(
-        "Slides: address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786."))] = None,
+        "Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, whose workers predict "
+        "slides' blocks and files (they must see the inputs and --out at the same paths)."))
+    ] = None,
     pixel_size: Annotated[float | None, Opt(help=(
         "Slides: µm per pixel where the slide's metadata has none."))] = None,
     block: Annotated[int, Opt(help="Slides: block side in pixels (memory per worker).")] = 1024,
@@ -62,7 +65,8 @@ def predict(
     in_place: Annotated[bool, Opt(help=(
         "Slides: write labels into the input OME-Zarr instead of OUT/<stem>.zarr."))] = False,
     resume: Annotated[bool, Opt(help=(
-        "Slides: skip finished slides and blocks of an interrupted call."))] = False,
+        "Skip what an interrupted call with the same settings finished: files with all "
+        "their outputs, slides, and slides' blocks."))] = False,
 ) -> None:
     """Segment images of any size with a trained run; write masks, labels, overlays, counts.
 
@@ -70,7 +74,8 @@ def predict(
     (int32 instances), <stem>_overlay.png, optionally <stem>_prob.tif, <stem>_cells.csv
     (--csv) and <stem>_cells.geojson (--geojson; --csv and --geojson need instances); plus
     counts.csv and predict_args.json. Unreadable files are reported and skipped; the exit
-    code is 1 if any input failed.
+    code is 1 if any input failed. --workers N (or --scheduler) predicts N files at once on
+    a local Dask cluster; --resume skips files whose outputs are complete.
 
     Examples:
 
@@ -80,9 +85,13 @@ def predict(
 
       celltune predict runs/unet slide.ome.zarr --out predictions --workers 2 --resume
 
+      celltune predict runs/unet "plates/**/*.tif" --out predictions --workers 4
+
     Whole slides (*.zarr OME-Zarr folders, *.ome.tif) are predicted block by block into
     OUT/<stem>.zarr/labels/cells (NGFF labels; --in-place: into the input Zarr), plus
-    OUT/<stem>_labels.ome.tif for an OME-TIFF; see the README's "Whole slides".
+    OUT/<stem>_labels.ome.tif for an OME-TIFF; --threshold, --tta, --tile, --instances and
+    --min-size apply to them too (--instances none: labels/mask); see the README's "Whole
+    slides".
     """
     from celltune.inference.batch import predict_files
     from celltune.ome import is_slide
@@ -93,7 +102,9 @@ def predict(
     if slides:
         options = dict(workers=workers, scheduler=scheduler, pixel_size=pixel_size, block=block,
                        margin=margin, in_place=in_place, resume=resume, save_prob=save_prob,
-                       overwrite=overwrite, device=device, checkpoint=checkpoint)
+                       overwrite=overwrite, device=device, checkpoint=checkpoint, tile=tile,
+                       overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold,
+                       instances=instances, min_size=min_size)
         ok = _predict_slides(run, slides, out, options, console, progress)
         inputs = [i for i in inputs if not is_slide(i)]
         if not inputs:
@@ -103,8 +114,9 @@ def predict(
     result = predict_files(
         run, inputs, out, instances=instances, min_size=min_size, save_prob=save_prob,
         overlay=overlay, geojson=geojson, cells_csv=cells_csv, overwrite=overwrite, tile=tile,
-        overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold, device=device, checkpoint=checkpoint, progress=progress,
-        console=console,
+        overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold, device=device,
+        checkpoint=checkpoint, progress=progress, console=console, workers=workers,
+        scheduler=scheduler, resume=resume,
     )
     style = "green" if result.ok else "bold red"
     console.print(f"[{style}]{result.summary()}[/]", highlight=False, soft_wrap=True)
@@ -129,7 +141,8 @@ def _predict_slides(run: Path, slides: list[str], out: Path, options: dict, cons
 
         batch = predict_slides(run, slides, out, on_block=on_block, **options)
     for result in batch.slides:
-        console.print(f"{result.path.name}: {result.cells} cells in {result.seconds:.1f} s -> "
+        what = "mask" if result.cells is None else f"{result.cells} cells"
+        console.print(f"{result.path.name}: {what} in {result.seconds:.1f} s -> "
                       f"{result.labels}", highlight=False, soft_wrap=True)
     style = "green" if batch.ok else "bold red"
     console.print(f"[{style}]{batch.summary()}[/]", highlight=False, soft_wrap=True)

@@ -21,6 +21,12 @@ and once per call ``counts.csv`` (one row per image), ``predict_args.json`` (the
 arguments and the predictor's settings) and, when something failed, ``failures.csv``. A file
 that cannot be read or predicted is reported and skipped; the others continue.
 
+With ``workers`` > 1 or a Dask ``scheduler`` the files fan out over the same Dask client as
+slide blocks (:func:`~celltune.inference.parallel.dask_client`): the predictor is sent once
+to each worker, which predicts whole files and writes their outputs itself (atomically, the
+same names as one process writes); this process gathers the counts, failures and progress.
+``resume`` skips the files whose outputs are all there and listed in ``counts.csv``.
+
 Example:
     >>> result = predict_files("runs/unet", ["images/", "more/*.png"], "predictions")  # doctest: +SKIP
     >>> result.ok, len(result.images)                                                # doctest: +SKIP
@@ -63,7 +69,9 @@ from celltune.inference.files import (
     overlay_outlines,
     preview,
 )
+from celltune.inference.instances import remove_relative
 from celltune.inference.measurements import measure_cells, measurement_columns, measurements_csv
+from celltune.inference.parallel import dask_client, fan_out
 from celltune.inference.predict import Predictor
 from celltune.integrations.geojson import write_geojson
 from celltune.io import read_image, write_png, write_text, write_tiff
@@ -120,6 +128,21 @@ class ImageResult:
             "seconds": f"{self.seconds:.3f}",
         }
 
+    @classmethod
+    def from_row(cls, row: dict[str, str], outputs: dict[str, Path]) -> ImageResult:
+        """An image of an earlier call, from its line of ``counts.csv`` (for ``resume``)."""
+        return cls(
+            path=Path(row["path"]),
+            name=row["image"],
+            outputs=outputs,
+            height=int(row["height"]),
+            width=int(row["width"]),
+            foreground_fraction=float(row["foreground_fraction"]),
+            cells=int(row["cells"]) if row["cells"] else None,
+            mean_cell_area=float(row["mean_cell_area"]) if row["mean_cell_area"] else None,
+            seconds=float(row["seconds"]),
+        )
+
 
 @dataclass
 class BatchResult:
@@ -128,6 +151,8 @@ class BatchResult:
     out: Path
     images: list[ImageResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    #: Images whose outputs an earlier call left complete (``resume``; also in ``images``).
+    skipped: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +163,8 @@ class BatchResult:
         """One line for the end of a command."""
         total = len(self.images) + len(self.failures)
         line = f"Predicted {len(self.images)} of {total} image(s) into {self.out}"
+        if self.skipped:
+            line += f" ({len(self.skipped)} already done)"
         if self.failures:
             names = ", ".join(Path(f.path).name for f in self.failures[:3])
             more = ", ..." if len(self.failures) > 3 else ""
@@ -215,6 +242,9 @@ def predict_files(
     checkpoint: str = "best",
     progress: bool = True,
     console: Any = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    resume: bool = False,
 ) -> BatchResult:
     """Predict every image in ``inputs`` and write masks, labels, overlays and ``counts.csv``.
 
@@ -233,14 +263,21 @@ def predict_files(
         tile, overlap, batch_size, tta, threshold: Override the run's settings (None keeps them).
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` (only when a run folder is given).
         checkpoint: Which checkpoint of the run (``"best"`` or ``"last"``).
-        progress: Show progress bars over images and tiles.
+        progress: Show progress bars over images and tiles (over images only in parallel).
         console: A ``rich.console.Console`` for messages (default: a new one).
+        workers: Files predicted at once, each by a process of a local Dask cluster
+            (threads without dask's ``distributed``); 1 predicts them here, one by one.
+        scheduler: Address of a running Dask scheduler (``tcp://host:8786``) whose workers
+            predict the files; they must read the inputs and write ``out`` at these paths.
+        resume: Skip the images whose outputs an earlier call with the same settings left
+            complete (all their files, and their line in ``counts.csv``); redo the others.
 
     Returns:
         A :class:`BatchResult`; inputs that failed are listed there and in ``failures.csv``.
 
     Raises:
-        RunError: Outputs already exist and ``overwrite`` is False, or the run is unusable.
+        RunError: Outputs already exist and neither ``overwrite`` nor ``resume`` is given, or
+            ``resume`` finds outputs of other settings, or the run is unusable.
         DataError: No image file was found in ``inputs``.
         ConfigError: An option is invalid (e.g. ``geojson`` or ``cells_csv`` without
             instances).
@@ -259,19 +296,151 @@ def predict_files(
             f"No image files found in {', '.join(map(str, inputs)) or 'the inputs'}; give "
             "image files, folders or glob patterns."
         )
-    _check_outputs(out, named, options, overwrite)
+    done = _resumable(out, named, options, predictor) if resume else {}
+    if not resume:
+        _check_outputs(out, named, options, overwrite)
     _write_args(out, predictor, inputs, named, options, overwrite)
-    result = BatchResult(out, failures=failures)
+    result = BatchResult(out, images=list(done.values()), failures=failures)
+    result.skipped = [image.path for image in result.images]
     console = console or _default_console()
     for failure in failures:
         _report(console, failure)
-    with _progress(console, progress) as bar:
-        images = bar.add_task("images", total=len(named))
-        for path, name in named:
-            _predict_one(predictor, path, name, out, options, result, bar, console)
-            bar.advance(images)
+    _predict_all(predictor, named, set(done), out, options, result, console, progress,
+                 workers=workers, scheduler=scheduler)
     _write_failures(out, result.failures)
     return result
+
+
+def _predict_all(
+    predictor: Predictor,
+    named: list[tuple[Path, str]],
+    done: set[str],
+    out: Path,
+    options: OutputOptions,
+    result: BatchResult,
+    console: Any,
+    progress: bool,
+    *,
+    workers: int,
+    scheduler: str | None,
+) -> None:
+    """Predict the images not ``done``, here one by one or fanned out over Dask workers."""
+    todo = [(path, name) for path, name in named if name not in done]
+    with _progress(console, progress) as bar:
+        images = bar.add_task("images", total=len(named), completed=len(done))
+        if todo and (workers > 1 or scheduler):
+            with dask_client(workers, scheduler) as client:
+                _predict_many(predictor, todo, named, out, options, result, client, workers,
+                              lambda: bar.advance(images), console)
+        else:
+            for path, name in todo:
+                _predict_one(predictor, path, name, out, options, result, bar, console)
+                bar.advance(images)
+    if done:  # the resumed images came first: counts.csv back in input order
+        order = {name: i for i, (_, name) in enumerate(named)}
+        result.images.sort(key=lambda image: order[image.name])
+        _write_counts(out, result.images)
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """What a worker needs besides the predictor to predict a file (picklable)."""
+
+    out: Path
+    options: OutputOptions
+    threads: int = 0  # torch threads per worker; 0 leaves torch's default
+
+
+def predict_file_job(
+    predictor: Predictor, job: FileJob, item: tuple[Path, str]
+) -> ImageResult | Failure:
+    """Predict one ``(path, name)`` on a worker: its result, or a :class:`Failure` naming the
+    file (its partial outputs removed)."""
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    path, name = item
+    return _attempt(predictor, path, name, job.out, job.options)
+
+
+def _predict_many(
+    predictor: Predictor,
+    todo: list[tuple[Path, str]],
+    named: list[tuple[Path, str]],
+    out: Path,
+    options: OutputOptions,
+    result: BatchResult,
+    client: Any,
+    workers: int,
+    advance: Callable[[], None],
+    console: Any,
+) -> None:
+    """Fan ``todo`` out over ``client`` (or threads); gather counts and failures in input
+    order as files finish."""
+    order = {name: i for i, (_, name) in enumerate(named)}
+    job = FileJob(out, options, threads=1 if client is not None else 0)
+    failed: list[tuple[int, Failure]] = []
+    for i, outcome in fan_out(predict_file_job, predictor, job, todo, client=client,
+                              workers=workers, catch=True):
+        path, name = todo[i]
+        if isinstance(outcome, ImageResult):
+            result.images.append(outcome)
+            result.images.sort(key=lambda image: order[image.name])
+            _write_counts(out, result.images)
+        else:
+            failure = outcome if isinstance(outcome, Failure) else Failure(
+                str(path), f"{path}: its worker failed ({type(outcome).__name__}: {outcome}).")
+            failed.append((order[name], failure))
+            _report(console, failure)
+        advance()
+    result.failures += [failure for _, failure in sorted(failed, key=lambda f: f[0])]
+
+
+def _resumable(
+    out: Path, named: list[tuple[Path, str]], options: OutputOptions, predictor: Predictor
+) -> dict[str, ImageResult]:
+    """Images an earlier call into ``out`` finished, by name (for ``resume``).
+
+    Raises:
+        RunError: that call used other settings, so its outputs cannot be mixed with these.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: --out must be a folder, but a file of that name exists.")
+    args = out / ARGS_FILE
+    if args.is_file():
+        try:
+            before = json.loads(args.read_text())
+        except ValueError:
+            before = {}
+        now = _settings(predictor, options)
+        changed = [k for k, v in now.items() if _comparable(before.get(k)) != _comparable(v)]
+        if changed:
+            raise RunError(
+                f"{args}: the outputs in {out} were made with other settings "
+                f"({', '.join(changed)}); --resume would mix them. Pass --overwrite instead, "
+                "or choose another --out folder."
+            )
+    try:
+        with (out / COUNTS_FILE).open(newline="") as fh:
+            rows = {row["image"]: row for row in csv.DictReader(fh)}
+    except (OSError, KeyError, csv.Error):
+        rows = {}
+    done = {}
+    for path, name in named:
+        files = options.files(out, name)
+        row = rows.get(name)
+        if row is not None and row.get("path") == str(path) and all(
+                f.exists() for f in files.values()):
+            done[name] = ImageResult.from_row(row, files)
+    return done
+
+
+def _comparable(value: Any) -> Any:
+    """A settings entry without what does not change the outputs."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("device", "batch_size")}
+    return value
 
 
 def _predictor(
@@ -299,6 +468,18 @@ def _check_outputs(
         )
 
 
+def _settings(predictor: Predictor, options: OutputOptions) -> dict[str, Any]:
+    """The entries of ``predict_args.json`` that decide the outputs (JSON values)."""
+    return json.loads(json.dumps({
+        "instances": "none" if options.instances == "none" else predictor.instance_params(),
+        "save_prob": options.save_prob,
+        "overlay": options.overlay,
+        "geojson": options.geojson,
+        "cells_csv": options.cells_csv,
+        "predictor": predictor.describe(),
+    }, default=str))
+
+
 def _write_args(
     out: Path,
     predictor: Predictor,
@@ -313,14 +494,9 @@ def _write_args(
         "inputs": [str(i) for i in inputs],
         "files": [str(p) for p, _ in named],
         "out": str(out),
-        "instances": "none" if options.instances == "none" else predictor.instance_params(),
-        "save_prob": options.save_prob,
-        "overlay": options.overlay,
-        "geojson": options.geojson,
-        "cells_csv": options.cells_csv,
+        **_settings(predictor, options),
         "overwrite": overwrite,
         "mask_values": {"background": 0, "foreground": 255},
-        "predictor": predictor.describe(),
     }
     write_text(out / ARGS_FILE, json.dumps(args, indent=1) + "\n")
 
@@ -335,30 +511,43 @@ def _predict_one(
     bar: Any,
     console: Any,
 ) -> None:
-    written: list[Path] = []
     tiles = bar.add_task(f"tiles {name}", total=None)
     try:
-        image = predict_file(
+        image = _attempt(
             predictor,
             path,
             name,
             out,
             options,
-            written,
             on_tile=lambda n: bar.advance(tiles, n),
             on_size=lambda h, w: bar.update(tiles, total=predictor.tile_count(h, w)),
         )
+    finally:
+        bar.remove_task(tiles)
+    if isinstance(image, Failure):
+        result.failures.append(image)
+        _report(console, image)
+        return
+    result.images.append(image)
+    _write_counts(out, result.images)
+
+
+def _attempt(
+    predictor: Predictor,
+    path: Path,
+    name: str,
+    out: Path,
+    options: OutputOptions,
+    **progress: Any,
+) -> ImageResult | Failure:
+    """:func:`predict_file`, or a :class:`Failure` naming the file when it fails."""
+    written: list[Path] = []
+    try:
+        return predict_file(predictor, path, name, out, options, written, **progress)
     except Exception as exc:  # one bad file must not stop the batch; report it and go on
         for p in written:
             p.unlink(missing_ok=True)  # no half set of outputs for a failed image
-        failure = Failure(str(path), _reason(path, exc))
-        result.failures.append(failure)
-        _report(console, failure)
-        return
-    finally:
-        bar.remove_task(tiles)
-    result.images.append(image)
-    _write_counts(out, result.images)
+        return Failure(str(path), _reason(path, exc))
 
 
 def _reason(path: Path, exc: Exception) -> str:
@@ -442,15 +631,17 @@ def _write_cells(
 def _instances(
     predictor: Predictor, mask: np.ndarray, classes: np.ndarray | None, options: OutputOptions
 ) -> tuple[np.ndarray | None, int | None, float | None]:
-    """Labels, cell count and mean cell area with the predictor's instance step; the
-    boundary head decodes its own classes."""
+    """Labels, cell count and mean cell area with the predictor's instance step (its
+    relative size filter included, as :meth:`Predictor.label` applies it); the boundary and
+    distance heads decode their own classes."""
     if options.instances == "none":
         return None, None, None
     if classes is not None and predictor.instance_method == "watershed":
         labels = predictor.label(mask, classes)
     else:
-        labels = label_in_bands(mask, predictor.instance_method, predictor.min_size,
-                                h=predictor.h)
+        labels = remove_relative(
+            label_in_bands(mask, predictor.instance_method, predictor.min_size, h=predictor.h),
+            predictor.min_fraction)
     cells = int(labels.max())
     mean_area = float(np.count_nonzero(labels)) / cells if cells else None
     return labels, cells, mean_area

@@ -130,7 +130,18 @@ def typical_area(labels: np.ndarray) -> float:
     """The area of the cell a labelled pixel typically belongs to: the area-weighted median
     of the cells' areas (0 without cells). Many small fragments barely move it, unlike the
     plain median."""
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return typical_of_areas(np.bincount(np.asarray(labels).ravel())[1:])
+
+
+def typical_of_areas(areas: np.ndarray) -> float:
+    """:func:`typical_area` from the cells' areas (zeros ignored), for label maps counted
+    piece by piece.
+
+    Example:
+        >>> typical_of_areas(np.array([1, 1, 100]))
+        100.0
+    """
+    areas = np.asarray(areas)
     areas = np.sort(areas[areas > 0]).astype(np.float64)
     if areas.size == 0:
         return 0.0
@@ -138,12 +149,19 @@ def typical_area(labels: np.ndarray) -> float:
     return float(areas[np.searchsorted(weight, weight[-1] / 2)])
 
 
+def relative_min_size(areas: np.ndarray, fraction: float) -> int:
+    """The smallest area, in pixels, that :func:`remove_relative` keeps among cells of these
+    ``areas``: ``fraction`` of their typical area, rounded up (at least 1)."""
+    return max(int(np.ceil(fraction * typical_of_areas(areas))), 1)
+
+
 def remove_relative(labels: np.ndarray, fraction: float) -> np.ndarray:
     """Drop cells smaller than ``fraction`` of the map's :func:`typical_area` and renumber
     1..n; a size rule that follows the cells' scale from image to image."""
     if fraction <= 0:
         return np.asarray(labels)
-    return remove_small(labels, int(np.ceil(fraction * typical_area(labels))))
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return remove_small(labels, relative_min_size(areas, fraction))
 
 
 def label_instances_tiled(

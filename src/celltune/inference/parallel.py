@@ -15,6 +15,11 @@ order, relative to the owner's window, numbers it within the owner. Centroids ar
 holds for a cell narrower than ``margin``: use a margin wider than the largest cell. Ids are
 unique over the slide but not consecutive.
 
+The run's relative size filter (``min_fraction`` of the typical cell area) needs every cell's
+area, which no block sees: blocks apply the absolute ``min_size`` only, and once all have
+finished the driver counts the cells' areas core by core (:func:`cell_areas`) and removes
+those below the same threshold as one process would (:func:`drop_cells`).
+
 Memory per worker is bounded by one block's window, not the slide: about 150 bytes per
 window pixel (image, probability, the watershed), ~300 MB for the default 1024 + 2x192.
 
@@ -34,7 +39,7 @@ import json
 import math
 import resource
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -166,10 +171,15 @@ class BlockJob:
     probability: str | None
     plan: BlockPlan
     threads: int = 0  # torch threads per worker; 0 leaves torch's default
+    mask_only: bool = False  # write the foreground (1) instead of cell ids (--instances none)
 
 
 def run_block(predictor: Predictor, job: BlockJob, block: Block) -> dict[str, int]:
-    """Predict, label and write one block; returns its index, owned cells and peak RSS (KiB)."""
+    """Predict, label and write one block; returns its index, owned cells and peak RSS (KiB).
+
+    With ``job.mask_only`` the core's foreground mask (uint8, 1 = foreground) is written
+    instead of cells, and no cell is counted.
+    """
     import zarr
 
     if job.threads:
@@ -181,21 +191,27 @@ def run_block(predictor: Predictor, job: BlockJob, block: Block) -> dict[str, in
     prediction = predictor.predict(image)
     wy0, wy1, wx0, wx1 = block.window
     inner = (slice(wy0 - ry0, wy1 - ry0), slice(wx0 - rx0, wx1 - rx0))
-    classes = None if prediction.classes is None else prediction.classes[(slice(None), *inner)]
-    # The relative size rule needs the whole slide's cells; blocks keep the absolute one only.
-    cells = predictor.with_options(instances={"min_fraction": 0.0}).label(
-        prediction.mask[inner], classes)
-    lut, owner = global_ids(cells, job.plan, block.window)
     cy0, cy1, cx0, cx1 = block.core
     core = (slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
     out = zarr.open_array(store=job.labels, mode="r+")
-    out[cy0:cy1, cx0:cx1] = lut[cells[core]].astype(out.dtype, copy=False)
+    owned = 0
+    if job.mask_only:
+        out[cy0:cy1, cx0:cx1] = prediction.mask[inner][core].astype(out.dtype)
+    else:
+        classes = (None if prediction.classes is None
+                   else prediction.classes[(slice(None), *inner)])
+        # The relative size rule needs the whole slide's cells (see drop_cells); blocks keep
+        # the absolute one only.
+        cells = predictor.with_options(instances={"min_fraction": 0.0}).label(
+            prediction.mask[inner], classes)
+        lut, owner = global_ids(cells, job.plan, block.window)
+        out[cy0:cy1, cx0:cx1] = lut[cells[core]].astype(out.dtype, copy=False)
+        owned = int(np.count_nonzero(owner == block.index))
     if job.probability:
         prob = prediction.probability[inner][core]
         array = zarr.open_array(store=job.probability, mode="r+")
         array[cy0:cy1, cx0:cx1] = np.round(prob * 255.0).astype(np.uint8)
-    return {"index": block.index, "cells": int(np.count_nonzero(owner == block.index)),
-            "peak_rss_kib": _peak_rss_kib()}
+    return {"index": block.index, "cells": owned, "peak_rss_kib": _peak_rss_kib()}
 
 
 def _peak_rss_kib() -> int:
@@ -212,29 +228,81 @@ def _peak_rss_kib() -> int:
 # --- resume ----------------------------------------------------------------------------------
 
 
-def read_done(writer: LabelsWriter, fingerprint: dict[str, Any]) -> set[int]:
-    """Blocks a previous run of the same plan and predictor finished (empty otherwise)."""
+def read_record(writer: LabelsWriter, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A previous run's record (``done`` blocks, ``min_area`` of the relative size filter
+    once chosen) when its fingerprint matches; empty otherwise."""
     path = writer.partial / DONE_FILE
     if not path.is_file():
-        return set()
+        return {}
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return set()
-    return set(record.get("done", [])) if record.get("fingerprint") == fingerprint else set()
+        return {}
+    return record if record.get("fingerprint") == fingerprint else {}
 
 
-def write_done(writer: LabelsWriter, fingerprint: dict[str, Any], done: set[int]) -> None:
-    """Record finished blocks atomically (a block is listed only after its write returned)."""
-    write_text(writer.partial / DONE_FILE,
-               json.dumps({"fingerprint": fingerprint, "done": sorted(done)}))
+def read_done(writer: LabelsWriter, fingerprint: dict[str, Any]) -> set[int]:
+    """Blocks a previous run of the same plan and predictor finished (empty otherwise)."""
+    return set(read_record(writer, fingerprint).get("done", []))
 
 
-def fingerprint(plan: BlockPlan, predictor: Predictor) -> dict[str, Any]:
-    """What must match for finished blocks to be reused."""
+def write_done(writer: LabelsWriter, fingerprint: dict[str, Any], done: set[int],
+               min_area: int | None = None) -> None:
+    """Record finished blocks atomically (a block is listed only after its write returned),
+    and the relative size filter's threshold once it is chosen."""
+    record: dict[str, Any] = {"fingerprint": fingerprint, "done": sorted(done)}
+    if min_area is not None:
+        record["min_area"] = int(min_area)
+    write_text(writer.partial / DONE_FILE, json.dumps(record))
+
+
+def fingerprint(plan: BlockPlan, predictor: Predictor, **extra: Any) -> dict[str, Any]:
+    """What must match for finished blocks to be reused: the plan, the predictor's settings
+    (threshold, TTA, tiling, instance step, ...), the slide's normalisation and ``extra``.
+
+    Example:
+        >>> key = fingerprint(plan, predictor, output="cells")  # doctest: +SKIP
+    """
     settings = {k: v for k, v in predictor.describe().items() if k not in ("device", "batch_size")}
     return json.loads(json.dumps({"plan": asdict(plan), "predictor": settings,
-                                  "bounds": predictor.bounds}, default=str))
+                                  "bounds": predictor.bounds, **extra}, default=str))
+
+
+# --- the relative size filter, after all blocks ----------------------------------------------
+
+
+def cell_areas(array: Any, plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell's id and area (pixels) in a finished label array, read core by core, so
+    memory is one core plus two numbers per cell.
+
+    Example:
+        >>> ids, areas = cell_areas(writer.open_array("r"), plan)  # doctest: +SKIP
+    """
+    ids, counts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for b in plan.blocks():
+        y0, y1, x0, x1 = b.core
+        found, n = np.unique(np.asarray(array[y0:y1, x0:x1]), return_counts=True)
+        keep = found != 0
+        ids.append(found[keep].astype(np.int64))
+        counts.append(n[keep].astype(np.int64))
+    every, where = np.unique(np.concatenate(ids), return_inverse=True)
+    areas = np.bincount(where, weights=np.concatenate(counts), minlength=every.size)
+    return every, areas.astype(np.int64)
+
+
+def drop_cells(array: Any, plan: BlockPlan, ids: np.ndarray) -> None:
+    """Set the pixels of cells ``ids`` to background, core by core (cores without any of
+    them are not rewritten)."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if ids.size == 0:
+        return
+    for b in plan.blocks():
+        y0, y1, x0, x1 = b.core
+        core = np.asarray(array[y0:y1, x0:x1])
+        gone = np.isin(core, ids)
+        if gone.any():
+            core[gone] = 0
+            array[y0:y1, x0:x1] = core
 
 
 # --- execution -------------------------------------------------------------------------------
@@ -269,6 +337,67 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
         yield client
 
 
+def fan_out(
+    fn: Callable[[Any, Any, Any], Any],
+    shared: Any,
+    job: Any,
+    items: Sequence[Any],
+    *,
+    client: Any = None,
+    workers: int = 1,
+    catch: bool = False,
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(position, fn(shared, job, item))`` for each of ``items`` as it finishes.
+
+    On a Dask ``client`` ``shared`` (the predictor) is sent once to every worker, which
+    keeps it for all its items; with ``workers`` > 1 and no client, threads of this process
+    share it; otherwise the items run here, in order. An exception from ``fn`` (or a lost
+    worker) cancels what has not started and propagates, unless ``catch``: then it is
+    yielded in place of that item's result and the others go on. Stopping the iteration early
+    cancels the rest too.
+
+    Example:
+        >>> for i, result in fan_out(run_block, predictor, job, blocks):  # doctest: +SKIP
+        ...     print(i, result["cells"])
+    """
+    if client is not None:
+        from distributed import as_completed
+
+        remote = client.scatter(shared, broadcast=True)
+        n = len(items)
+        futures = client.map(fn, [remote] * n, [job] * n, list(items), pure=False)
+        where = {future.key: i for i, future in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                yield where[future.key], _outcome(future.result, catch)
+        finally:
+            client.cancel(futures)
+    elif workers > 1:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = {pool.submit(fn, shared, job, item): i for i, item in enumerate(items)}
+            try:
+                for future in as_completed(pending):
+                    yield pending[future], _outcome(future.result, catch)
+            finally:
+                for future in pending:
+                    future.cancel()
+    else:
+        for i, item in enumerate(items):
+            yield i, _outcome(lambda item=item: fn(shared, job, item), catch)
+
+
+def _outcome(result: Callable[[], Any], catch: bool) -> Any:
+    """``result()``, or the exception it raised when ``catch``."""
+    try:
+        return result()
+    except Exception as exc:
+        if not catch:
+            raise
+        return exc
+
+
 def run_blocks(
     predictor: Predictor,
     job: BlockJob,
@@ -278,41 +407,15 @@ def run_blocks(
     workers: int = 1,
     on_result: Callable[[dict[str, int]], None] | None = None,
 ) -> list[dict[str, int]]:
-    """Run ``blocks`` on ``client`` (Dask), on ``workers`` threads, or here, one by one.
+    """Run ``blocks`` on ``client`` (Dask), on ``workers`` threads, or here, one by one
+    (:func:`fan_out`).
 
     ``on_result`` is called in this process as each block finishes. The first failing block
     cancels the rest and its error is raised.
     """
     results: list[dict[str, int]] = []
-
-    def done(result: dict[str, int]) -> None:
+    for _, result in fan_out(run_block, predictor, job, blocks, client=client, workers=workers):
         results.append(result)
         if on_result is not None:
             on_result(result)
-
-    if client is not None:
-        from distributed import as_completed
-
-        remote = client.scatter(predictor, broadcast=True)
-        futures = client.map(run_block, [remote] * len(blocks), [job] * len(blocks), blocks,
-                             pure=False)
-        try:
-            for future in as_completed(futures):
-                done(future.result())
-        finally:
-            client.cancel(futures)
-    elif workers > 1:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        with ThreadPoolExecutor(workers) as pool:
-            pending = [pool.submit(run_block, predictor, job, b) for b in blocks]
-            try:
-                for future in as_completed(pending):
-                    done(future.result())
-            finally:
-                for future in pending:
-                    future.cancel()
-    else:
-        for block in blocks:
-            done(run_block(predictor, job, block))
     return results

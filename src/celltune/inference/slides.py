@@ -3,11 +3,19 @@
 For every slide ``<stem>.ome.zarr`` / ``<stem>.ome.tif`` the output folder receives
 ``<stem>.zarr`` holding ``labels/cells`` (NGFF image-label, int32 or int64 instance ids,
 0 = background; the slide's pixel size in its ``scale``) and, with ``save_prob``,
-``probability`` (uint8, probability x 255). With ``in_place`` the labels join the input
-OME-Zarr instead, where viewers find them beside the image. An OME-TIFF input also gets
-``<stem>_labels.ome.tif``. A slide whose blocks all finished is committed; one that failed
-leaves no ``labels/cells`` (its partial group stays, hidden, for ``resume``). Bad slides are
-reported and skipped; the batch continues.
+``probability`` (uint8, probability x 255). With ``instances="none"`` it holds
+``labels/mask`` instead (uint8, 1 = foreground), as ordinary files get only their mask. With
+``in_place`` the labels join the input OME-Zarr instead, where viewers find them beside the
+image. An OME-TIFF input also gets ``<stem>_labels.ome.tif`` (``<stem>_mask.ome.tif``). A
+slide whose blocks all finished is committed; one that failed leaves no ``labels/cells``
+(its partial group stays, hidden, for ``resume``). Bad slides are reported and skipped; the
+batch continues.
+
+The run's settings apply as for ordinary files, and ``threshold``, ``tta``, ``tile``,
+``overlap``, ``batch_size``, ``instances`` and ``min_size`` override them the same way
+(``min_size`` in the slide's pixels). The relative size filter (``min_fraction`` of the
+typical cell area) is applied over the whole slide once all its blocks are done, so a slide
+loses the same cells as one image of it predicted in one piece would.
 
 Example:
     >>> batch = predict_slides("runs/unet", ["slide.ome.zarr"], "out", workers=2)  # doctest: +SKIP
@@ -27,15 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from celltune.errors import CelltuneError, DataError, RunError
+from celltune.errors import CelltuneError, ConfigError, DataError, RunError
 from celltune.inference.files import Failure
+from celltune.inference.instances import relative_min_size
 from celltune.inference.parallel import (
     DONE_FILE,
     BlockJob,
+    cell_areas,
     dask_client,
+    drop_cells,
     fingerprint,
     plan_blocks,
-    read_done,
+    read_record,
     run_blocks,
     write_done,
 )
@@ -53,17 +64,22 @@ from celltune.ome import (
 #: Pixels read to estimate a slide's normalisation percentiles.
 OVERVIEW_PIXELS = 4_000_000
 LABEL_NAME = "cells"
+#: The label image written instead of cells with ``instances="none"`` (1 = foreground).
+MASK_NAME = "mask"
+#: Values of ``instances`` (None keeps the run's tuned step).
+INSTANCE_CHOICES = ("watershed", "components", "none")
 #: Block-done records are saved at most this often (seconds), and at the end.
 _SAVE_EVERY = 2.0
 
 
 @dataclass
 class SlideResult:
-    """One slide's outputs and numbers (peak RSS: the largest of any worker, KiB)."""
+    """One slide's outputs and numbers (peak RSS: the largest of any worker, KiB; ``cells``
+    is None when only the mask was written)."""
 
     path: Path
     labels: Path
-    cells: int
+    cells: int | None
     blocks: int
     reused_blocks: int
     seconds: float
@@ -120,8 +136,11 @@ def overview_bounds(slide: Slide, predictor: Predictor) -> list[tuple[float, flo
     return predictor.normalization_bounds(slide.read((slice(0, h, step), slice(0, w, step))))
 
 
-def slide_predictor(predictor: Predictor, slide: Slide, pixel_size: float | None) -> Predictor:
-    """The predictor for this slide: its pixel size and its whole-slide normalisation.
+def slide_predictor(
+    predictor: Predictor, slide: Slide, pixel_size: float | None, min_size: int | None = None
+) -> Predictor:
+    """The predictor for this slide: its pixel size, ``min_size`` (pixels of the slide; None
+    keeps the run's, scaled to the slide's pixel size) and its whole-slide normalisation.
 
     Raises:
         DataError: the run records a training pixel size and the slide has none (and no
@@ -134,6 +153,8 @@ def slide_predictor(predictor: Predictor, slide: Slide, pixel_size: float | None
             f"at {predictor.pixel_size} µm per pixel; pass --pixel-size UM."
         )
     scaled = predictor.at_pixel_size(size)
+    if min_size is not None:
+        scaled = scaled.with_options(instances={"min_size": min_size})
     return scaled.with_normalization(overview_bounds(slide, scaled))
 
 
@@ -149,6 +170,8 @@ def predict_slide(
     client: Any = None,
     workers: int = 1,
     pixel_size: float | None = None,
+    min_size: int | None = None,
+    mask_only: bool = False,
     resume: bool = False,
     save_prob: bool = False,
     on_block: Callable[[int, int], None] | None = None,
@@ -156,7 +179,7 @@ def predict_slide(
     """Predict one slide into ``root/labels/cells`` (``root`` may be the input OME-Zarr).
 
     Args:
-        predictor: the run's predictor (tiling, threshold, instance step).
+        predictor: the run's predictor (tiling, threshold, TTA, instance step).
         path: an OME-Zarr folder or OME-TIFF file.
         root: the Zarr that receives the labels (created if missing).
         block, margin, context: core side, labelling margin (wider than the largest cell)
@@ -164,29 +187,34 @@ def predict_slide(
         client, workers: a Dask client from :func:`~celltune.inference.parallel.dask_client`,
             or None with ``workers`` threads (1: this process).
         pixel_size: µm per pixel when the slide's metadata has none.
-        resume: keep the blocks a previous, interrupted call finished.
+        min_size: smallest cell kept, in the slide's pixels (None: the run's, scaled).
+        mask_only: write ``root/labels/mask`` (uint8, 1 = foreground) and no cells.
+        resume: keep the blocks a previous, interrupted call finished with the same plan
+            and settings (threshold, TTA, instance step, ...; otherwise all are redone).
         save_prob: also write ``root/probability`` (uint8).
         on_block: called with (blocks done, blocks in all) as blocks finish.
     """
     start = time.perf_counter()
     slide = open_slide(path)
-    ready = slide_predictor(predictor, slide, pixel_size)
+    ready = slide_predictor(predictor, slide, pixel_size, min_size)
     plan = plan_blocks(slide.shape_yx, block, margin, context)
     size = slide.pixel_size or pixel_size
-    writer = create_ngff_labels(root, LABEL_NAME, slide.shape_yx, pixel_size=size, chunks=block,
-                                dtype=plan.label_dtype(), resume=resume)
+    name, dtype = (MASK_NAME, np.uint8) if mask_only else (LABEL_NAME, plan.label_dtype())
+    writer = create_ngff_labels(root, name, slide.shape_yx, pixel_size=size, chunks=block,
+                                dtype=dtype, resume=resume)
     prob_path = None
     if save_prob:
         prob_path = Path(root) / "probability"
         if not (resume and (prob_path / "0").exists()):
             create_ome_zarr(prob_path, slide.shape_yx, np.uint8, pixel_size=size,
                             chunks=(block, block), version=writer.version)
-    key = fingerprint(plan, ready)
-    done = read_done(writer, key) if resume else set()
+    key = fingerprint(plan, ready, output=name)
+    record = read_record(writer, key) if resume else {}
+    done = set(record.get("done", []))
     todo = [b for b in plan.blocks() if b.index not in done]
     job = BlockJob(slide.source, str(writer.partial / "0"),
                    None if prob_path is None else str(prob_path / "0"), plan,
-                   threads=1 if client is not None else 0)
+                   threads=1 if client is not None else 0, mask_only=mask_only)
     total, reused = len(plan.blocks()), len(done)
     results: list[dict[str, int]] = []
     saved = [time.monotonic()]
@@ -206,13 +234,34 @@ def predict_slide(
         run_blocks(ready, job, todo, client=client, workers=workers, on_result=finished)
     finally:
         write_done(writer, key, done)
-    cells = _count_cells(writer.open_array("r"), plan) if reused else sum(r["cells"] for r in results)
+    cells: int | None = None
+    if not mask_only and ready.min_fraction > 0:
+        cells = _drop_relative(writer, key, done, plan, ready.min_fraction, record)
+    elif not mask_only:
+        cells = (_count_cells(writer.open_array("r"), plan) if reused
+                 else sum(r["cells"] for r in results))
     (writer.partial / DONE_FILE).unlink(missing_ok=True)
     labels = writer.commit()
     return SlideResult(
         Path(path), labels, cells, total, reused, time.perf_counter() - start,
         max((r["peak_rss_kib"] for r in results), default=0), size,
     )
+
+
+def _drop_relative(writer: Any, key: dict[str, Any], done: set[int], plan: Any,
+                   fraction: float, record: dict[str, Any]) -> int:
+    """Remove the cells under ``fraction`` of the slide's typical cell area, as
+    :meth:`Predictor.label` does on one image; returns the cells left. The threshold is
+    recorded before any cell goes, so a resumed call removes by the same one."""
+    array = writer.open_array("r+")
+    ids, areas = cell_areas(array, plan)
+    min_area = record.get("min_area")
+    if min_area is None:
+        min_area = relative_min_size(areas, fraction)
+        write_done(writer, key, done, min_area=min_area)
+    small = areas < min_area
+    drop_cells(array, plan, ids[small])
+    return int(np.count_nonzero(~small))
 
 
 def _count_cells(array: Any, plan: Any) -> int:
@@ -251,6 +300,12 @@ def write_labels_tiff(labels: Any, path: Path, pixel_size: float | None, tile: i
     return path
 
 
+def _check_instances(instances: str | None) -> None:
+    if instances is not None and instances not in INSTANCE_CHOICES:
+        raise ConfigError(f"--instances {instances!r} is unknown; valid values are: "
+                          f"{', '.join(INSTANCE_CHOICES)}.")
+
+
 def _outputs(path: Path, out: Path, in_place: bool) -> Path:
     if in_place:
         if not is_zarr_path(path):
@@ -272,17 +327,41 @@ def predict_slides(
     overwrite: bool = False,
     device: str | None = None,
     checkpoint: str = "best",
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    threshold: float | None = None,
+    instances: str | None = None,
+    min_size: int | None = None,
     on_block: Callable[[str, int, int], None] | None = None,
     **options: Any,
 ) -> SlideBatch:
     """Predict every slide in ``inputs``; one failing slide does not stop the others.
 
+    ``tile``, ``overlap``, ``batch_size``, ``tta``, ``threshold``, ``instances``
+    (``"watershed"``, ``"components"``, or ``"none"``: only ``labels/mask``) and ``min_size``
+    (pixels of the slide) override the run's settings, as
+    :func:`~celltune.inference.batch.predict_files` does for ordinary files; None keeps them.
     ``options`` go to :func:`predict_slide` (block, margin, context, pixel_size, save_prob).
     A slide whose labels exist is skipped with ``resume``, replaced with ``overwrite``, and
     a failure otherwise. ``on_block(name, done, total)`` reports progress.
+
+    Raises:
+        ConfigError: an override is invalid (unknown ``instances``, threshold outside [0, 1],
+            negative ``min_size``, ...).
     """
+    _check_instances(instances)
+    if min_size is not None and min_size < 0:
+        raise ConfigError(f"--min-size must be >= 0 pixels, got {min_size}.")
     predictor = (run_or_predictor if isinstance(run_or_predictor, Predictor)
                  else Predictor.from_run(run_or_predictor, checkpoint=checkpoint, device=device))
+    method = None if instances == "none" else instances
+    predictor = predictor.with_options(tile=tile, overlap=overlap, batch_size=batch_size,
+                                       tta=tta, threshold=threshold,
+                                       instances={"method": method})
+    mask_only = instances == "none"
+    name = MASK_NAME if mask_only else LABEL_NAME
     out = Path(out)
     batch = SlideBatch(out)
     with dask_client(workers, scheduler) as client:
@@ -293,20 +372,22 @@ def predict_slides(
                     raise DataError(f"{path}: not an OME-Zarr folder (*.zarr) or OME-TIFF "
                                     "(*.ome.tif); use celltune predict without slides for it.")
                 root = _outputs(path, out, in_place)
-                if (root / "labels" / LABEL_NAME).exists():
+                if (root / "labels" / name).exists():
                     if resume:
                         batch.skipped.append(path)
                         continue
                     if not overwrite:
-                        raise RunError(f"{root / 'labels' / LABEL_NAME}: exists; pass "
+                        raise RunError(f"{root / 'labels' / name}: exists; pass "
                                        "--overwrite to replace it or --resume to skip it.")
                 out.mkdir(parents=True, exist_ok=True)
                 report = None if on_block is None else (
                     lambda d, t, name=path.name: on_block(name, d, t))
                 result = predict_slide(predictor, path, root, client=client, workers=workers,
-                                       resume=resume, on_block=report, **options)
+                                       min_size=min_size, mask_only=mask_only, resume=resume,
+                                       on_block=report, **options)
                 if not is_zarr_path(path):
-                    tif = out / f"{slide_stem(path)}_labels.ome.tif"
+                    ending = "_mask" if mask_only else "_labels"
+                    tif = out / f"{slide_stem(path)}{ending}.ome.tif"
                     result.extra["tiff"] = write_labels_tiff(
                         _open_labels(result.labels), tif, result.pixel_size)
                 batch.slides.append(result)
