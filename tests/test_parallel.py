@@ -377,6 +377,23 @@ def test_cli_forwards_instances_and_threshold_to_slides(tmp_path):
     np.testing.assert_array_equal(mask, expected.predict(image).mask)
 
 
+def test_cli_says_that_slides_get_no_geojson_or_csv(tmp_path):
+    from typer.testing import CliRunner
+
+    from celltune.cli import app
+    from tiny_runs import make_run
+
+    run = make_run(tmp_path)
+    write_slide(tmp_path / "a.ome.zarr", disc_image((96, 96), [(48, 48)], radius=8))
+    args = ["predict", str(run), str(tmp_path / "a.ome.zarr"), "--out", str(tmp_path / "out"),
+            "--no-progress", "--device", "cpu", "--csv"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "--csv: written for ordinary images only; the 1 slide(s)" in result.output
+    assert (tmp_path / "out" / "a.zarr" / "labels" / "cells").is_dir()
+    assert not list((tmp_path / "out").glob("*_cells.csv"))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 def test_a_big_slide_on_two_local_workers_matches_one_process(tmp_path):

@@ -99,6 +99,11 @@ def predict(
     tune_allocator()
     console = Console()
     slides = [i for i in inputs if is_slide(i)]
+    if slides and (geojson or cells_csv):
+        asked = " and ".join(f for f, on in (("--geojson", geojson), ("--csv", cells_csv)) if on)
+        console.print(f"[yellow]{asked}: written for ordinary images only; the {len(slides)} "
+                      f"slide(s) get NGFF labels (open them in napari or QuPath).[/]",
+                      highlight=False, soft_wrap=True)
     if slides:
         options = dict(workers=workers, scheduler=scheduler, pixel_size=pixel_size, block=block,
                        margin=margin, in_place=in_place, resume=resume, save_prob=save_prob,
