@@ -377,6 +377,18 @@ def test_cli_forwards_instances_and_threshold_to_slides(tmp_path):
     np.testing.assert_array_equal(mask, expected.predict(image).mask)
 
 
+def test_a_local_cluster_leaves_this_process_environment_alone(monkeypatch):
+    pytest.importorskip("distributed", reason="the local cluster needs dask's distributed")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(key, raising=False)
+    before = dict(os.environ)
+    with parallel.dask_client(workers=2) as client:
+        assert client is not None and dict(os.environ) == before
+        # The workers keep the single-thread settings dask gives them.
+        assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"1"}
+    assert dict(os.environ) == before
+
+
 def test_cli_says_that_slides_get_no_geojson_or_csv(tmp_path):
     from typer.testing import CliRunner
 

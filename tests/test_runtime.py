@@ -64,7 +64,7 @@ def test_tuned_process_reuses_freed_blocks_instead_of_faulting_them_in_again() -
     ],
 )
 def test_users_own_settings_win(monkeypatch: pytest.MonkeyPatch, env: dict, reason: str) -> None:
-    for key in ("CELLTUNE_TUNE_MALLOC", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD"):
+    for key in ("CELLTUNE_TUNE_MALLOC", *runtime._USER_SETTINGS, "GLIBC_TUNABLES", "LD_PRELOAD"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import resource
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -332,9 +333,23 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
         with client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
+    # Starting worker processes sets OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_ and others in
+    # *this* process's environment (dask's pre-spawn settings) and leaves them there; they
+    # belong to the workers, so this process gets its own environment back.
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            _restore_environ(saved)
+            yield client
+    finally:
+        _restore_environ(saved)
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 def fan_out(
