@@ -72,11 +72,11 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 # --- recipes ---------------------------------------------------------------------------------
 def _semantic(predictors: dict[str, Predictor]) -> Segment:
-    """Probabilities once per image; a mask and cells per variant's predictor.
+    """Probabilities once per image and flip setting; a mask and cells per variant.
 
     All the variants' predictors share one network and differ only in their threshold,
-    instance step and test-time flips (probabilities are computed once per flip setting); cells come from each one's :meth:`Predictor.label` (the mask's watershed,
-    or an instance-aware head's own decoding).
+    instance step and test-time flips; cells come from each one's :meth:`Predictor.label`
+    (the mask's watershed, or an instance-aware head's own decoding).
     """
 
     def segment(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
