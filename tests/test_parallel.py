@@ -89,11 +89,9 @@ def test_threads_match_one_process(tmp_path, disc_slide):
     np.testing.assert_array_equal(_labels(one.labels), _labels(two.labels))
 
 
-def test_a_killed_slide_leaves_no_labels_and_resume_runs_only_the_rest(
-    tmp_path, disc_slide, monkeypatch
-):
-    image, path = disc_slide
-    predictor = stand_in_predictor()
+def _die_after_five_blocks(monkeypatch) -> None:
+    """Make the sixth block raise KeyboardInterrupt (a killed call), saving progress after
+    every block."""
     real, calls = parallel.run_block, []
 
     def dies_after_five(pred, job, block):
@@ -104,6 +102,15 @@ def test_a_killed_slide_leaves_no_labels_and_resume_runs_only_the_rest(
 
     monkeypatch.setattr(parallel, "run_block", dies_after_five)
     monkeypatch.setattr(slides, "_SAVE_EVERY", 0.0)
+
+
+def test_a_killed_slide_leaves_no_labels_and_resume_runs_only_the_rest(
+    tmp_path, disc_slide, monkeypatch
+):
+    image, path = disc_slide
+    predictor = stand_in_predictor()
+    real = parallel.run_block
+    _die_after_five_blocks(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         slides.predict_slide(predictor, path, tmp_path / "o.zarr", block=BLOCK, margin=32)
     assert not (tmp_path / "o.zarr" / "labels" / "cells").exists()
@@ -308,16 +315,8 @@ def test_tta_tiling_and_threshold_reach_every_block(tmp_path, option_slide, monk
 def test_resuming_with_another_threshold_redoes_every_block(tmp_path, option_slide,
                                                            monkeypatch):
     image, path = option_slide
-    real, calls = parallel.run_block, []
-
-    def dies_after_five(pred, job, block):
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        calls.append(block.index)
-        return real(pred, job, block)
-
-    monkeypatch.setattr(parallel, "run_block", dies_after_five)
-    monkeypatch.setattr(slides, "_SAVE_EVERY", 0.0)
+    real = parallel.run_block
+    _die_after_five_blocks(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         slides.predict_slides(stand_in_predictor(), [path], tmp_path / "out", block=BLOCK,
                               margin=32)
