@@ -40,6 +40,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gaps": {"overrides": {"train": {"gaps": True}}},
     "boundary": {"overrides": {"model": {"head": "boundary"}}},
     "distance": {"overrides": {"model": {"head": "distance"}}},
+    # A network 2.3x cheaper per step on one CPU thread: more steps fit a short budget.
+    "light": {"overrides": {"model": {"encoder": "resnet18",
+                                      "options": {"decoder_channels": [128, 64, 32, 16, 8]}}}},
 }
 
 

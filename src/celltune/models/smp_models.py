@@ -157,6 +157,19 @@ def _encoder(encoder: str | None, tiny: bool) -> str:
     return encoder or (TINY_ENCODER if tiny else DEFAULT_ENCODER)
 
 
+def _decoder(decoder_channels: list[int] | tuple[int, ...] | None, tiny: bool) -> dict:
+    """SMP's ``decoder_channels`` argument: the option, the tiny decoder, or SMP's default."""
+    if decoder_channels is None:
+        return {"decoder_channels": _TINY_DECODER} if tiny else {}
+    channels = tuple(decoder_channels)
+    if len(channels) != 5 or not all(isinstance(c, int) and c > 0 for c in channels):
+        raise ConfigError(
+            f"decoder_channels must be five positive integers, one per decoder stage from the "
+            f"deepest (SMP's default is 256, 128, 64, 32, 16), got {decoder_channels!r}."
+        )
+    return {"decoder_channels": channels}
+
+
 _SMP_INFO = {"default_weights": "imagenet", "input_rule": INPUT_RULE}
 
 
@@ -172,10 +185,12 @@ def unet(
     classes: int,
     weights: Weights,
     encoder: str | None = None,
+    decoder_channels: list[int] | None = None,
     tiny: bool = False,
 ) -> Built:
-    """SMP ``Unet``: encoder depth 5, decoder channels 256-128-64-32-16, BatchNorm."""
-    extra = {"decoder_channels": _TINY_DECODER} if tiny else {}
+    """SMP ``Unet``: encoder depth 5, decoder channels 256-128-64-32-16 (or
+    ``decoder_channels``), BatchNorm."""
+    extra = _decoder(decoder_channels, tiny)
     return build_smp(
         "Unet",
         encoder=_encoder(encoder, tiny),
@@ -198,10 +213,12 @@ def unetplusplus(
     classes: int,
     weights: Weights,
     encoder: str | None = None,
+    decoder_channels: list[int] | None = None,
     tiny: bool = False,
 ) -> Built:
-    """SMP ``UnetPlusPlus``: encoder depth 5, nested dense skip pathways."""
-    extra = {"decoder_channels": _TINY_DECODER} if tiny else {}
+    """SMP ``UnetPlusPlus``: encoder depth 5, nested dense skip pathways (decoder channels
+    256-128-64-32-16 or ``decoder_channels``)."""
+    extra = _decoder(decoder_channels, tiny)
     return build_smp(
         "UnetPlusPlus",
         encoder=_encoder(encoder, tiny),
