@@ -26,6 +26,7 @@ from celltune.data.derive import (
     default_val_count,
     derive_all,
     derive_config,
+    derive_network,
     foreground_sampling,
     input_channels,
     rescale,
@@ -38,6 +39,7 @@ from celltune.data.neurips import make_splits, training_images
 from celltune.data.synthetic import write_dataset
 from celltune.errors import DataError
 from celltune.io import write_png
+from celltune.models.build import build_network
 from celltune.rundir import RunDir
 from celltune.training.fit import derive_settings, fit
 
@@ -293,3 +295,63 @@ def test_cli_val_flag_and_derived_settings(tmp_path):
     assert "data.val" not in saved.derived and "data.filter" in saved.derived
     assert "data.resize" not in saved.derived  # given: rescaling off
     assert RunDir(out).read_splits().counts()["val"] == 3
+
+
+# --- the network's width for a time budget on the CPU ----------------------------------------
+
+
+def budgeted(model: dict | None = None, train: dict | None = None) -> RunConfig:
+    """What `celltune train --data D --max-time 3` validates: a U-Net sized by nobody."""
+    return RunConfig.model_validate({"model": model or {},
+                                     "train": {"max_time": 3, **(train or {})}})
+
+
+def n_params(net) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_a_cpu_budget_trains_the_light_unet_and_says_why():
+    cfg, reasons = derive_network(budgeted(), gpu=False)
+    assert cfg.model.encoder == "resnet18"
+    assert cfg.model.options["decoder_channels"] == [128, 64, 32, 16, 8]
+    assert "3-minute budget" in reasons["model.encoder"]
+    assert "--encoder resnet34" in reasons["model.encoder"]
+    assert set(cfg.derived) == {"model.encoder", "model.options.decoder_channels"}
+    light, full = build_network(cfg.model, 1), build_network(budgeted().model, 1)
+    assert n_params(light) < 0.55 * n_params(full)  # 12.5M vs 24.4M
+
+
+@pytest.mark.parametrize("model, train, gpu", [
+    ({}, {}, True),                                            # a GPU: steps are cheap
+    ({}, {"epochs": 10}, False),                               # a fixed length, not a budget
+    ({}, {"max_time": None}, False),                           # no budget
+    ({"encoder": "resnet34"}, {}, False),                      # the user chose the encoder
+    ({"options": {"decoder_channels": [64, 32, 16, 16, 8]}}, {}, False),
+    ({"weights": "imagenet"}, {}, False),                      # pretrained: keep its encoder
+    ({"name": "unetplusplus"}, {}, False),                     # not measured
+    ({"options": {"tiny": True}}, {}, False),
+])
+def test_the_network_stays_as_configured_outside_a_cpu_budget(model, train, gpu):
+    config = budgeted(model, train)
+    assert derive_network(config, gpu=gpu) == (config, {})
+
+
+def test_a_budgeted_cpu_run_records_the_light_network_and_predicts_with_it(tmp_path):
+    from celltune.inference.predict import Predictor
+
+    write_dataset(tmp_path / "d", n=8, size=64, seed=0)
+    config = RunConfig.model_validate({
+        "data": {"root": str(tmp_path / "d"), "samples_per_epoch": 4, "crop": 64},
+        "train": {"max_time": 0.05, "batch_size": 4, "accelerator": "cpu"},
+        "eval": {"bootstrap": 0},
+    })
+    result = fit(config, tmp_path / "run", progress=False)
+    saved = yaml.safe_load(RunDir(tmp_path / "run").config_path.read_text())
+    assert saved["model"]["encoder"] == "resnet18"
+    assert saved["model"]["options"] == {"decoder_channels": [128, 64, 32, 16, 8]}
+    assert "budget" in saved["derived"]["model.encoder"]
+    # A resume reads this config back: everything set, nothing derived again.
+    again = RunDir(tmp_path / "run").read_config()
+    assert derive_network(again, gpu=False) == (again, {})
+    net = Predictor.from_run(result.run.path).model
+    assert n_params(net) == n_params(build_network(result.config.model, 1))

@@ -10,7 +10,8 @@ foreground sampling) would change the recipe too; by the benchmark protocol (BEN
 a recipe default changes only on development-set evidence, and their trials did not give it,
 so ``celltune data summary`` shows what they would choose and training leaves them at their
 defaults. (The training length, ``train.epochs``, is derived from the training-image count
-by :func:`derive_training`.)
+by :func:`derive_training`; the network's width, for from-scratch CPU training within a time
+budget, by :func:`derive_network`.)
 
 "Unset" means not given: not in the YAML file, not on the command line, not in the mapping
 the config was validated from (pydantic's ``model_fields_set``). A config read back from a
@@ -51,6 +52,11 @@ DIAMETER_TARGET, SHRINK_ABOVE = 32, 48
 _GIVEN = "given"
 #: Training length without a time budget: this many epochs, and at least this many crops.
 EPOCHS_DEFAULT, MIN_TRAINING_CROPS = 40, 2000
+#: The network of a from-scratch U-Net trained on the CPU within a time budget: a ResNet18
+#: encoder and a half-width decoder, 2.3x cheaper per step than ResNet34 with SMP's decoder,
+#: so the budget fits 2.3x the steps (BENCHMARKS.md, "Recipe changes": the 'light' trial).
+LIGHT_ENCODER, LIGHT_DECODER = "resnet18", [128, 64, 32, 16, 8]
+LIGHT_MODELS = ("unet",)
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,47 @@ def derive_training(config: RunConfig, n_train: int) -> tuple[RunConfig, dict[st
     reasons = {"train.epochs": choice.reason}
     train = config.train.model_copy(update={"epochs": choice.value})  # now marked as set
     return config.model_copy(update={"train": train,
+                                     "derived": {**config.derived, **reasons}}), reasons
+
+
+def training_network(config: RunConfig, gpu: bool) -> dict[str, Choice]:
+    """The encoder and decoder widths of a U-Net the user did not size, for a time budget.
+
+    Fires only where it was measured to help: a ``unet`` trained from scratch (weights
+    ``none``) on the CPU until a time budget is used (``max_time`` without ``epochs``), with
+    neither ``encoder`` nor ``decoder_channels`` given. There each step's cost decides how
+    far training gets, and the lighter network gets further in the same minutes. With ImageNet
+    weights, a GPU or a fixed epoch count the network stays as configured.
+    """
+    m, t = config.model, config.train
+    if (m.name not in LIGHT_MODELS or "encoder" in m.model_fields_set or m.weights != "none"
+            or "decoder_channels" in m.options or m.options.get("tiny")):
+        return {}
+    if gpu or t.max_time is None or t.epochs is not None:
+        return {}
+    why = (f"trained from scratch on the CPU within a {t.max_time:g}-minute budget: a lighter "
+           "network fits 2.3x the steps (--encoder resnet34 keeps SMP's U-Net)")
+    return {
+        "encoder": Choice(LIGHT_ENCODER, f"{LIGHT_ENCODER}: {why}"),
+        "decoder_channels": Choice(list(LIGHT_DECODER),
+                                   f"{'-'.join(map(str, LIGHT_DECODER))}: half of SMP's "
+                                   f"256-128-64-32-16, for the same reason"),
+    }
+
+
+def derive_network(config: RunConfig, gpu: bool) -> tuple[RunConfig, dict[str, str]]:
+    """``config`` with the network sized by :func:`training_network`, and the reasons."""
+    choices = training_network(config, gpu)
+    if not choices:
+        return config, {}
+    model = config.model.model_copy(update={
+        "encoder": choices["encoder"].value,
+        "options": {**config.model.options,
+                    "decoder_channels": choices["decoder_channels"].value},
+    })
+    reasons = {"model.encoder": choices["encoder"].reason,
+               "model.options.decoder_channels": choices["decoder_channels"].reason}
+    return config.model_copy(update={"model": model,
                                      "derived": {**config.derived, **reasons}}), reasons
 
 

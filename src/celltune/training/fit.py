@@ -30,7 +30,13 @@ from celltune import __version__
 from celltune.config import RunConfig
 from celltune.data.augment import AUGMENTATIONS
 from celltune.data.dataset import CropDataset, WholeImageDataset, collate_whole
-from celltune.data.derive import data_filter, derive_config, derive_training, unset_fields
+from celltune.data.derive import (
+    data_filter,
+    derive_config,
+    derive_network,
+    derive_training,
+    unset_fields,
+)
 from celltune.data.fingerprint import fingerprint_for
 from celltune.data.neurips import FILTERS, make_splits, training_images
 from celltune.data.samples import Splits
@@ -165,6 +171,15 @@ def load_or_make_splits(config: RunConfig, run: RunDir) -> Splits:
     return splits
 
 
+def trains_on_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting trains on a GPU (or another accelerator)."""
+    if accelerator == "cpu":
+        return False
+    if accelerator == "auto":
+        return torch.cuda.is_available() or torch.backends.mps.is_available()
+    return True
+
+
 def auto_precision(accelerator: str, precision: str) -> str:
     """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (bf16 is slow there)."""
     if precision != "auto":
@@ -287,6 +302,7 @@ def _prepare(
     splits = load_or_make_splits(config, run)
     _check_splits(splits, config)
     config = derive_training(config, len(splits.train))[0]
+    config = derive_network(config, trains_on_gpu(config.train.accelerator))[0]
     if not worker:
         run.write_config(config, provenance())
     return run, config, splits
