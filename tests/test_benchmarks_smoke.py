@@ -177,3 +177,17 @@ def test_recipe_trials_compare_pairs_a_variant_with_the_baseline(tmp_path, capsy
     assert "plain_smp@0.5" not in printed  # the loop is compared at its validation threshold
     row = next(ln for ln in printed.splitlines() if ln.startswith("| before - rescale | dice"))
     assert "-0.300" in row and row.rstrip(" |").endswith("rescale")
+
+
+def test_step_cost_times_each_network_against_the_first(capsys, monkeypatch, restore_threads):
+    step_cost = _load("step_cost")
+    monkeypatch.setattr(sys, "argv", [
+        "step_cost.py", "--network", "resnet18:128,64,32,16,8", "--network",
+        "resnet18:64,32,16,16,8", "--crop", "64", "--batch-size", "2", "--steps", "1"])
+    step_cost.main()
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| resnet18")]
+    assert len(rows) == 2
+    first, second = (ln.strip("| ").split(" | ") for ln in rows)
+    assert first[0] == "resnet18:128,64,32,16,8" and first[3] == "1.00x"
+    assert float(first[1].rstrip("M")) > float(second[1].rstrip("M"))  # wider decoder
+    assert float(second[2]) > 0
