@@ -316,9 +316,17 @@ def test_a_cpu_budget_trains_the_light_unet_and_says_why():
     assert cfg.model.options["decoder_channels"] == [128, 64, 32, 16, 8]
     assert "3-minute budget" in reasons["model.encoder"]
     assert "--encoder resnet34" in reasons["model.encoder"]
-    assert set(cfg.derived) == {"model.encoder", "model.options.decoder_channels"}
+    assert cfg.train.batch_size == 4 and "--batch-size 8" in reasons["train.batch_size"]
+    assert set(cfg.derived) == {"model.encoder", "model.options.decoder_channels",
+                                "train.batch_size"}
     light, full = build_network(cfg.model, 1), build_network(budgeted().model, 1)
     assert n_params(light) < 0.55 * n_params(full)  # 12.5M vs 24.4M
+
+
+def test_a_users_batch_size_is_kept_with_the_light_unet():
+    cfg, reasons = derive_network(budgeted(train={"batch_size": 8}), gpu=False)
+    assert cfg.model.encoder == "resnet18" and cfg.train.batch_size == 8
+    assert "train.batch_size" not in reasons
 
 
 @pytest.mark.parametrize("model, train, gpu", [
@@ -342,13 +350,14 @@ def test_a_budgeted_cpu_run_records_the_light_network_and_predicts_with_it(tmp_p
     write_dataset(tmp_path / "d", n=8, size=64, seed=0)
     config = RunConfig.model_validate({
         "data": {"root": str(tmp_path / "d"), "samples_per_epoch": 4, "crop": 64},
-        "train": {"max_time": 0.05, "batch_size": 4, "accelerator": "cpu"},
+        "train": {"max_time": 0.05, "accelerator": "cpu"},
         "eval": {"bootstrap": 0},
     })
     result = fit(config, tmp_path / "run", progress=False)
     saved = yaml.safe_load(RunDir(tmp_path / "run").config_path.read_text())
     assert saved["model"]["encoder"] == "resnet18"
     assert saved["model"]["options"] == {"decoder_channels": [128, 64, 32, 16, 8]}
+    assert saved["train"]["batch_size"] == 4
     assert "budget" in saved["derived"]["model.encoder"]
     # A resume reads this config back: everything set, nothing derived again.
     again = RunDir(tmp_path / "run").read_config()

@@ -190,3 +190,18 @@ def test_segmenter_state_dict_carries_normalisation():
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
     assert rebuilt.normalizes and not create_model("unet_plain", tiny=True).normalizes
+
+
+@pytest.mark.parametrize("name", ["unet", "unetplusplus"])
+def test_decoder_channels_set_the_decoder_widths(name):
+    net = create_model(name, in_channels=1, encoder="tu-test_resnet", weights="none",
+                       decoder_channels=[32, 16, 16, 8, 4])
+    out_channels = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert 4 in out_channels and 256 not in out_channels  # SMP's default widths are gone
+    assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("bad", [[128, 64, 32], [128, 64, 32, 16, 0], [128, 64, 32, 16, 8.5]])
+def test_decoder_channels_must_be_five_positive_integers(bad):
+    with pytest.raises(ConfigError, match="decoder_channels must be five positive integers"):
+        create_model("unet", in_channels=1, weights="none", decoder_channels=bad)

@@ -53,9 +53,11 @@ _GIVEN = "given"
 #: Training length without a time budget: this many epochs, and at least this many crops.
 EPOCHS_DEFAULT, MIN_TRAINING_CROPS = 40, 2000
 #: The network of a from-scratch U-Net trained on the CPU within a time budget: a ResNet18
-#: encoder and a half-width decoder, 2.3x cheaper per step than ResNet34 with SMP's decoder,
-#: so the budget fits 2.3x the steps (BENCHMARKS.md, "Recipe changes": the 'light' trial).
-LIGHT_ENCODER, LIGHT_DECODER = "resnet18", [128, 64, 32, 16, 8]
+#: encoder and a half-width decoder, 2.1x cheaper per step than ResNet34 with SMP's decoder
+#: (benchmarks/step_cost.py), so the budget fits 2.1x the steps; and batches of 4 crops,
+#: twice the optimiser steps again (BENCHMARKS.md, "Recipe changes": the 'light' and
+#: 'light-batch4' trials).
+LIGHT_ENCODER, LIGHT_DECODER, LIGHT_BATCH = "resnet18", [128, 64, 32, 16, 8], 4
 LIGHT_MODELS = ("unet",)
 
 
@@ -224,13 +226,15 @@ def derive_training(config: RunConfig, n_train: int) -> tuple[RunConfig, dict[st
 
 
 def training_network(config: RunConfig, gpu: bool) -> dict[str, Choice]:
-    """The encoder and decoder widths of a U-Net the user did not size, for a time budget.
+    """The encoder and decoder widths of a U-Net the user did not size, and its batch size,
+    for a time budget.
 
     Fires only where it was measured to help: a ``unet`` trained from scratch (weights
     ``none``) on the CPU until a time budget is used (``max_time`` without ``epochs``), with
     neither ``encoder`` nor ``decoder_channels`` given. There each step's cost decides how
-    far training gets, and the lighter network gets further in the same minutes. With ImageNet
-    weights, a GPU or a fixed epoch count the network stays as configured.
+    far training gets, and the lighter network, in batches of 4 unless ``batch_size`` is
+    given, gets further in the same minutes. With ImageNet weights, a GPU or a fixed epoch
+    count the network and the batch stay as configured.
     """
     m, t = config.model, config.train
     if (m.name not in LIGHT_MODELS or "encoder" in m.model_fields_set or m.weights != "none"
@@ -239,17 +243,23 @@ def training_network(config: RunConfig, gpu: bool) -> dict[str, Choice]:
     if gpu or t.max_time is None or t.epochs is not None:
         return {}
     why = (f"trained from scratch on the CPU within a {t.max_time:g}-minute budget: a lighter "
-           "network fits 2.3x the steps (--encoder resnet34 keeps SMP's U-Net)")
-    return {
+           "network fits 2.1x the steps (--encoder resnet34 keeps SMP's U-Net)")
+    choices = {
         "encoder": Choice(LIGHT_ENCODER, f"{LIGHT_ENCODER}: {why}"),
         "decoder_channels": Choice(list(LIGHT_DECODER),
                                    f"{'-'.join(map(str, LIGHT_DECODER))}: half of SMP's "
                                    f"256-128-64-32-16, for the same reason"),
     }
+    if "batch_size" not in t.model_fields_set:
+        choices["batch_size"] = Choice(
+            LIGHT_BATCH, f"{LIGHT_BATCH}: twice the optimiser steps of {t.batch_size} in the "
+                         "same budget (--batch-size 8 to keep it)")
+    return choices
 
 
 def derive_network(config: RunConfig, gpu: bool) -> tuple[RunConfig, dict[str, str]]:
-    """``config`` with the network sized by :func:`training_network`, and the reasons."""
+    """``config`` with the network and batch sized by :func:`training_network`, and the
+    reasons."""
     choices = training_network(config, gpu)
     if not choices:
         return config, {}
@@ -260,7 +270,11 @@ def derive_network(config: RunConfig, gpu: bool) -> tuple[RunConfig, dict[str, s
     })
     reasons = {"model.encoder": choices["encoder"].reason,
                "model.options.decoder_channels": choices["decoder_channels"].reason}
-    return config.model_copy(update={"model": model,
+    train = config.train
+    if "batch_size" in choices:
+        train = train.model_copy(update={"batch_size": choices["batch_size"].value})
+        reasons["train.batch_size"] = choices["batch_size"].reason
+    return config.model_copy(update={"model": model, "train": train,
                                      "derived": {**config.derived, **reasons}}), reasons
 
 
