@@ -471,3 +471,26 @@ def test_a_big_slide_on_two_local_workers_matches_one_process(tmp_path):
 
 def _labels_array(group):
     return zarr.open_array(str(group / "0"), mode="r")
+
+
+def test_resume_keeps_a_finished_slide_only_when_its_settings_match(tmp_path, option_slide):
+    image, path = option_slide
+    out = tmp_path / "out"
+    first = slides.predict_slides(stand_in_predictor(), [path], out, block=BLOCK, margin=32)
+    [done] = first.slides
+    before = _labels(done.labels).copy()
+    again = slides.predict_slides(stand_in_predictor(), [path], out, block=BLOCK, margin=32,
+                                  resume=True)
+    assert again.skipped == [path] and not again.slides and again.ok
+    other = slides.predict_slides(stand_in_predictor(), [path], out, block=BLOCK, margin=32,
+                                  threshold=0.05, resume=True)
+    [failure] = other.failures
+    assert "made with other settings" in failure.error and "--overwrite" in failure.error
+    assert np.array_equal(_labels(done.labels), before)  # nothing lost
+    redone = slides.predict_slides(stand_in_predictor(), [path], out, block=BLOCK, margin=32,
+                                   threshold=0.05, overwrite=True)
+    reference = stand_in_predictor().with_options(threshold=0.05).predict_instances(image)
+    assert same_partition(reference, _labels(redone.slides[0].labels))
+    # The redone labels record the new settings: resuming with them skips the slide.
+    assert slides.predict_slides(stand_in_predictor(), [path], out, block=BLOCK, margin=32,
+                                 threshold=0.05, resume=True).skipped == [path]

@@ -86,6 +86,8 @@ class SlideResult:
     peak_rss_kib: int
     pixel_size: float | None
     extra: dict[str, Path] = field(default_factory=dict)
+    #: True when ``resume`` found the slide's labels made with the same settings.
+    skipped: bool = False
 
 
 @dataclass
@@ -190,7 +192,9 @@ def predict_slide(
         min_size: smallest cell kept, in the slide's pixels (None: the run's, scaled).
         mask_only: write ``root/labels/mask`` (uint8, 1 = foreground) and no cells.
         resume: keep the blocks a previous, interrupted call finished with the same plan
-            and settings (threshold, TTA, instance step, ...; otherwise all are redone).
+            and settings (threshold, TTA, instance step, ...; otherwise all are redone); a
+            finished slide is returned as it is (``skipped``) when its labels record the same
+            settings, and refused (RunError) when not.
         save_prob: also write ``root/probability`` (uint8).
         on_block: called with (blocks done, blocks in all) as blocks finish.
     """
@@ -200,6 +204,13 @@ def predict_slide(
     plan = plan_blocks(slide.shape_yx, block, margin, context)
     size = slide.pixel_size or pixel_size
     name, dtype = (MASK_NAME, np.uint8) if mask_only else (LABEL_NAME, plan.label_dtype())
+    key = fingerprint(plan, ready, output=name)
+    final = Path(root) / "labels" / name
+    if resume and final.exists():
+        _check_settings(final, key)
+        total = len(plan.blocks())
+        return SlideResult(Path(path), final, None, total, total, time.perf_counter() - start,
+                           0, size, skipped=True)
     writer = create_ngff_labels(root, name, slide.shape_yx, pixel_size=size, chunks=block,
                                 dtype=dtype, resume=resume)
     prob_path = None
@@ -208,7 +219,6 @@ def predict_slide(
         if not (resume and (prob_path / "0").exists()):
             create_ome_zarr(prob_path, slide.shape_yx, np.uint8, pixel_size=size,
                             chunks=(block, block), version=writer.version)
-    key = fingerprint(plan, ready, output=name)
     record = read_record(writer, key) if resume else {}
     done = set(record.get("done", []))
     todo = [b for b in plan.blocks() if b.index not in done]
@@ -241,11 +251,34 @@ def predict_slide(
         cells = (_count_cells(writer.open_array("r"), plan) if reused
                  else sum(r["cells"] for r in results))
     (writer.partial / DONE_FILE).unlink(missing_ok=True)
+    _record_settings(writer.partial, key)
     labels = writer.commit()
     return SlideResult(
         Path(path), labels, cells, total, reused, time.perf_counter() - start,
         max((r["peak_rss_kib"] for r in results), default=0), size,
     )
+
+
+def _settings(key: dict[str, Any]) -> dict[str, Any]:
+    """What a finished slide's labels depend on: the key without the block plan."""
+    return {k: v for k, v in key.items() if k != "plan"}
+
+
+def _record_settings(group: Path, key: dict[str, Any]) -> None:
+    import zarr
+
+    zarr.open_group(store=str(group), mode="a").attrs["celltune"] = {"settings": _settings(key)}
+
+
+def _check_settings(labels: Path, key: dict[str, Any]) -> None:
+    """Refuse to keep finished labels that another threshold, TTA or instance step made."""
+    import zarr
+
+    recorded = dict(zarr.open_group(store=str(labels), mode="r").attrs).get("celltune", {})
+    if recorded.get("settings") != _settings(key):
+        why = "other settings" if recorded else "settings it did not record"
+        raise RunError(f"{labels}: exists, made with {why} (threshold, TTA, instance step, "
+                       "size filter); pass --overwrite to redo it with these.")
 
 
 def _drop_relative(writer: Any, key: dict[str, Any], done: set[int], plan: Any,
@@ -344,8 +377,9 @@ def predict_slides(
     (pixels of the slide) override the run's settings, as
     :func:`~celltune.inference.batch.predict_files` does for ordinary files; None keeps them.
     ``options`` go to :func:`predict_slide` (block, margin, context, pixel_size, save_prob).
-    A slide whose labels exist is skipped with ``resume``, replaced with ``overwrite``, and
-    a failure otherwise. ``on_block(name, done, total)`` reports progress.
+    A slide whose labels exist is skipped with ``resume`` when they were made with the same
+    settings (a failure naming ``--overwrite`` when not), replaced with ``overwrite``, and a
+    failure otherwise. ``on_block(name, done, total)`` reports progress.
 
     Raises:
         ConfigError: an override is invalid (unknown ``instances``, threshold outside [0, 1],
@@ -372,19 +406,18 @@ def predict_slides(
                     raise DataError(f"{path}: not an OME-Zarr folder (*.zarr) or OME-TIFF "
                                     "(*.ome.tif); use celltune predict without slides for it.")
                 root = _outputs(path, out, in_place)
-                if (root / "labels" / name).exists():
-                    if resume:
-                        batch.skipped.append(path)
-                        continue
-                    if not overwrite:
-                        raise RunError(f"{root / 'labels' / name}: exists; pass "
-                                       "--overwrite to replace it or --resume to skip it.")
+                if (root / "labels" / name).exists() and not (resume or overwrite):
+                    raise RunError(f"{root / 'labels' / name}: exists; pass "
+                                   "--overwrite to replace it or --resume to skip it.")
                 out.mkdir(parents=True, exist_ok=True)
                 report = None if on_block is None else (
                     lambda d, t, name=path.name: on_block(name, d, t))
                 result = predict_slide(predictor, path, root, client=client, workers=workers,
                                        min_size=min_size, mask_only=mask_only, resume=resume,
                                        on_block=report, **options)
+                if result.skipped:
+                    batch.skipped.append(path)
+                    continue
                 if not is_zarr_path(path):
                     ending = "_mask" if mask_only else "_labels"
                     tif = out / f"{slide_stem(path)}{ending}.ome.tif"
