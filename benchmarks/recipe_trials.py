@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "light": {"overrides": {"model": _LIGHT}},
     "light-batch4": {"overrides": {"model": _LIGHT, "train": {"batch_size": 4}}},
     "light-channels": {"overrides": {"model": _LIGHT}, "derive": ("channels",)},
+    "light-batch4-aug1": {"overrides": {"model": _LIGHT,
+                                        "train": {"batch_size": 4, "aug": "aug1"}}},
 }
 
 
