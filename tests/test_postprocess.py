@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from tests.test_pipeline import synth_root, tiny_config  # noqa: F401 (fixture)
 
+from celltune.data.samples import Sample
 from celltune.errors import ConfigError
-from celltune.evaluation.evaluate import choose_postprocess, evaluate_run
+from celltune.evaluation.evaluate import (
+    KeptProbabilities,
+    choose_postprocess,
+    choose_threshold,
+    evaluate_run,
+)
 from celltune.evaluation.metrics import instance_scores
 from celltune.evaluation.postprocess import (
     FILTERS,
@@ -231,3 +238,36 @@ def test_choose_postprocess_rewrites_the_sweep_and_the_figure_draws(tuned_run):
     assert json.loads(run.postprocess_path.read_text())["best"] == result.best
     figure = postprocess_curve(json.loads(result.to_json()))
     assert figure.axes[0].get_ylabel().startswith("mean validation F1")
+
+
+def test_the_instance_sweep_thresholds_the_kept_validation_probabilities(tuned_run, monkeypatch):
+    run = RunDir(tuned_run.run_dir)
+    predictor = Predictor.from_run(run)
+    kept = KeptProbabilities()
+    choose_threshold(run, predictor=predictor, progress=False, keep=kept)
+    assert len(kept) == len(run.read_splits().val) == 2
+    fresh = choose_postprocess(run, predictor=predictor, progress=False)
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the validation images were predicted a second time")
+
+    monkeypatch.setattr(Predictor, "predict", second_pass)
+    reused = choose_postprocess(run, predictor=predictor, progress=False, kept=kept)
+    assert reused.best == fresh.best and reused.f1 == fresh.f1
+    # Nothing kept (over the limit): the sweep predicts again.
+    nothing = KeptProbabilities(limit=0)
+    choose_threshold(run, predictor=predictor, progress=False, keep=nothing)
+    assert len(nothing) == 0 and not nothing.complete
+    with pytest.raises(AssertionError, match="second time"):
+        choose_postprocess(run, predictor=predictor, progress=False, kept=nothing)
+
+
+def test_kept_probabilities_drop_everything_once_past_their_limit():
+    a, b = Sample(Path("a.tif")), Sample(Path("b.tif"))
+    kept = KeptProbabilities(limit=100)
+    kept.keep(a, np.zeros((4, 4), np.float32))  # 64 bytes
+    assert kept.get(a) is not None and kept.get(b) is None
+    kept.keep(b, np.ones((4, 4), np.float32))  # 128 bytes in all
+    assert not kept.complete and len(kept) == 0 and kept.get(a) is None
+    kept.keep(a, np.zeros((1, 1), np.float32))
+    assert kept.get(a) is None  # a partial set is never kept

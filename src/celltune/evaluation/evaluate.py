@@ -51,6 +51,8 @@ PER_IMAGE_COLUMNS = (
 )
 #: Per-image scores summarised with a mean and a bootstrap interval.
 SUMMARY_KEYS = ("dice", "iou", "f1_iou50", "precision_iou50", "recall_iou50", "f1_mean_50_90")
+#: Most bytes of validation probabilities kept between the threshold and instance sweeps.
+KEEP_BYTES = 512 * 2**20
 
 
 def _progress(items: list[Any], description: str, enabled: bool) -> Iterator[Any]:
@@ -82,19 +84,55 @@ def run_splits(
     return make_splits(data, seed=cfg.train.seed)
 
 
+class KeptProbabilities:
+    """Validation probabilities kept from the threshold sweep for the instance sweep.
+
+    The instance sweep of a mask head needs only the probability it thresholds, which the
+    threshold sweep has just computed with the same network; keeping it saves predicting
+    the validation images a second time. Kept while all of them fit in ``limit`` bytes
+    (float32, one plane per image); past that nothing is kept and the sweep predicts again.
+    """
+
+    def __init__(self, limit: int = KEEP_BYTES) -> None:
+        self.limit = limit
+        self.complete = True
+        self._probs: dict[str, np.ndarray] = {}
+        self._bytes = 0
+
+    def keep(self, sample: Sample, prob: np.ndarray) -> None:
+        if not self.complete:
+            return
+        if self._bytes + prob.nbytes > self.limit:
+            self._probs.clear()
+            self._bytes, self.complete = 0, False
+            return
+        self._probs[str(sample.image)] = prob
+        self._bytes += prob.nbytes
+
+    def get(self, sample: Sample) -> np.ndarray | None:
+        """The sample's kept probability, or None."""
+        return self._probs.get(str(sample.image)) if self.complete else None
+
+    def __len__(self) -> int:
+        return len(self._probs)
+
+
 def _predictions(
     predict: Callable[[np.ndarray], Any], samples: list[Sample], description: str,
     progress: bool, failures: list[dict[str, str]],
+    kept: Callable[[Sample], Any] | None = None,
 ) -> Iterator[tuple[Sample, Any, np.ndarray]]:
     """Yield (sample, ``predict(image)``, true instance labels); unreadable samples go to
-    ``failures``."""
+    ``failures``. ``kept(sample)``, when given and not None, replaces the prediction."""
     for sample in _progress(samples, description, progress):
         try:
             if sample.label is None:
                 raise DataError(f"{sample.image}: has no label file.")
             image = read_image(sample.image)
             labels = read_label(sample.label, shape=image.shape[:2])
-            predicted = predict(image)
+            predicted = kept(sample) if kept is not None else None
+            if predicted is None:
+                predicted = predict(image)
         except CelltuneError as exc:
             failures.append({"name": sample.name, "error": str(exc)})
             continue
@@ -107,13 +145,15 @@ def choose_threshold(
     predictor: Predictor | None = None,
     config: RunConfig | None = None,
     progress: bool = True,
+    keep: KeptProbabilities | None = None,
 ) -> ThresholdResult:
     """Sweep thresholds on the run's validation split and write ``threshold.json``.
 
     Binary, boundary and distance heads get the threshold (on the foreground probability, for
     the boundary head ``1 - P(background)``) with the best mean per-image Dice. Two-class heads use
     argmax, equivalent to 0.5; their curve is still recorded for the figures. ``predictor``
-    and ``config`` are the run's own when the caller has already loaded them.
+    and ``config`` are the run's own when the caller has already loaded them; ``keep``
+    collects the validation probabilities for :func:`choose_postprocess`.
     """
     run = _run(run)
     cfg = config or run.read_config()
@@ -122,8 +162,10 @@ def choose_threshold(
     failures: list[dict[str, str]] = []
     val = run.read_splits().val
     sweep = _predictions(predictor.predict_proba, val, "threshold sweep", progress, failures)
-    for _, prob, labels in sweep:
+    for sample, prob, labels in sweep:
         acc.add(prob, to_binary(labels))
+        if keep is not None:
+            keep.keep(sample, prob)
     if not len(acc):
         raise DataError(f"{run.path}: no readable validation images to choose a threshold on.")
     t = cfg.threshold
@@ -142,12 +184,16 @@ def choose_postprocess(
     predictor: Predictor | None = None,
     config: RunConfig | None = None,
     progress: bool = True,
+    kept: KeptProbabilities | None = None,
 ) -> PostprocessResult:
     """Sweep the instance step's parameters on validation and write ``postprocess.json``.
 
     The predictor's threshold stays the mask threshold (call this after
     :func:`choose_threshold`); the decoding parameter (``h`` or the seed threshold) and the
     smallest cell kept are chosen by mean F1 at IoU 0.5 (:mod:`celltune.evaluation.postprocess`).
+    ``kept``: the probabilities :func:`choose_threshold` kept with this predictor's network
+    and options; a mask head's sweep thresholds them instead of predicting again (the
+    instance heads' decoding needs every channel, so they predict).
     """
     run = _run(run)
     cfg = config or run.read_config()
@@ -157,8 +203,15 @@ def choose_postprocess(
     area = _median_area(val)
     sweep = PostprocessSweep(grids(seeded, area), FILTERS, default_params(seeded))
     failures: list[dict[str, str]] = []
+    reuse = None
+    if kept is not None and not seeded:
+        def reuse(sample: Sample) -> Prediction | None:
+            prob = kept.get(sample)
+            if prob is None:
+                return None
+            return Prediction(prob, prob >= predictor.threshold, predictor.threshold)
     for _, predicted, labels in _predictions(predictor.predict, val, "instance sweep",
-                                             progress, failures):
+                                             progress, failures, kept=reuse):
         sweep.add(labels, _decoder(predictor, predicted))
     if not len(sweep):
         raise DataError(f"{run.path}: no readable validation images to tune the instances on.")

@@ -20,7 +20,12 @@ from typing import Any
 
 from celltune.config import RunConfig
 from celltune.data.samples import Splits
-from celltune.evaluation.evaluate import choose_postprocess, choose_threshold, evaluate_run
+from celltune.evaluation.evaluate import (
+    KeptProbabilities,
+    choose_postprocess,
+    choose_threshold,
+    evaluate_run,
+)
 from celltune.inference.predict import Predictor
 from celltune.rundir import RunDir
 from celltune.training.distributed import is_worker
@@ -71,12 +76,15 @@ def run_pipeline(
     if is_worker():
         return RunResult(run.path, {}, math.nan, train_seconds, worker=True)
     # The checkpoint and config are read once and used by the sweep and the evaluation.
+    # The validation probabilities are predicted once, for both sweeps (while they fit).
     predictor = Predictor.from_run(run, config=trained.config)
+    kept = KeptProbabilities()
     threshold = choose_threshold(run, predictor=predictor, config=trained.config,
-                                 progress=progress)
+                                 progress=progress, keep=kept)
     predictor = predictor.with_options(threshold=threshold.best_threshold)
     instances = choose_postprocess(run, predictor=predictor, config=trained.config,
-                                   progress=progress)
+                                   progress=progress, kept=kept)
+    del kept
     predictor = predictor.with_options(instances=instances.best)
     summary = {}
     if evaluate_split:
