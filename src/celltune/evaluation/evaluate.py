@@ -100,6 +100,7 @@ class KeptProbabilities:
         self._bytes = 0
 
     def keep(self, sample: Sample, prob: np.ndarray) -> None:
+        """Keep ``sample``'s probability; past the limit, drop everything kept so far."""
         if not self.complete:
             return
         if self._bytes + prob.nbytes > self.limit:
