@@ -121,17 +121,17 @@ class KeptProbabilities:
 def _predictions(
     predict: Callable[[np.ndarray], Any], samples: list[Sample], description: str,
     progress: bool, failures: list[dict[str, str]],
-    kept: Callable[[Sample], Any] | None = None,
+    reused: Callable[[Sample], Any] | None = None,
 ) -> Iterator[tuple[Sample, Any, np.ndarray]]:
     """Yield (sample, ``predict(image)``, true instance labels); unreadable samples go to
-    ``failures``. ``kept(sample)``, when given and not None, replaces the prediction."""
+    ``failures``. ``reused(sample)``, when given and not None, replaces the prediction."""
     for sample in _progress(samples, description, progress):
         try:
             if sample.label is None:
                 raise DataError(f"{sample.image}: has no label file.")
             image = read_image(sample.image)
             labels = read_label(sample.label, shape=image.shape[:2])
-            predicted = kept(sample) if kept is not None else None
+            predicted = reused(sample) if reused is not None else None
             if predicted is None:
                 predicted = predict(image)
         except CelltuneError as exc:
@@ -212,7 +212,7 @@ def choose_postprocess(
                 return None
             return Prediction(prob, prob >= predictor.threshold, predictor.threshold)
     for _, predicted, labels in _predictions(predictor.predict, val, "instance sweep",
-                                             progress, failures, kept=reuse):
+                                             progress, failures, reused=reuse):
         sweep.add(labels, _decoder(predictor, predicted))
     if not len(sweep):
         raise DataError(f"{run.path}: no readable validation images to tune the instances on.")
