@@ -9,7 +9,7 @@ validation image with the NeurIPS 2022 challenge's F1 at IoU 0.5 and keeps the o
 best mean; ties go to the defaults, then to the earlier candidate. The mask threshold is not
 swept here, so the cells always cover the mask the Dice sweep chose.
 
-``h`` runs over 0.5 ... 16 pixels up to ``max(2, r)`` (``r`` the validation cells' median
+``h`` runs over 0.25 ... 16 pixels up to ``max(2, r)`` (``r`` the validation cells' median
 radius), plus plain connected components. The size filters are nothing, the default 16
 pixels, or a tenth or a quarter of each image's own typical cell area
 (:func:`~celltune.inference.instances.typical_area`): a relative rule, because cells in
@@ -48,7 +48,7 @@ from celltune.inference.instances import (
 
 CRITERION = "mean per-image F1 at IoU 0.5 (NeurIPS 2022 challenge rules)"
 #: Watershed depths tried for mask heads, in pixels of distance.
-H_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+H_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 #: Interior probabilities tried as seed thresholds for seeded heads.
 SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: Size filters tried: an absolute smallest cell (pixels), then a fraction of the image's
