@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -104,6 +105,32 @@ def test_evaluate_on_another_root_with_the_runs_rules(tiny_run, tmp_path):
     summary = evaluate_run(tiny_run.run_dir, split="test", data_root=other, progress=False)
     assert summary["n_images"] >= 1
     assert summary["data_root"] == str(other)
+
+
+def test_evaluate_retune_chooses_again_what_training_chose(tiny_run, tmp_path):
+    """A run whose saved choices are damaged is told to retune; --retune then chooses on
+    validation exactly what training chose (same network, same images) and scores with it."""
+    from typer.testing import CliRunner
+
+    from celltune.cli import app
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run.run_dir, run)
+    names = ("threshold.json", "postprocess.json")
+    chosen = {name: json.loads((run / name).read_text()) for name in names}
+    (run / "postprocess.json").write_text("{damaged")
+    (run / "threshold.json").write_text("[]")
+
+    failed = CliRunner().invoke(app, ["evaluate", str(run)])
+    assert isinstance(failed.exception, RunError)
+    assert f"celltune evaluate {run} --retune" in str(failed.exception)
+
+    retuned = CliRunner().invoke(app, ["evaluate", str(run), "--retune"])
+    assert retuned.exit_code == 0, retuned.output
+    assert {name: json.loads((run / name).read_text()) for name in names} == chosen
+    summary = json.loads((run / "eval/test/summary.json").read_text())
+    assert summary["threshold"] == chosen["threshold.json"]["best_threshold"]
+    assert summary["instances"] == {**summary["instances"], **chosen["postprocess.json"]["best"]}
 
 
 def test_two_class_head_uses_argmax(synth_root, tmp_path):

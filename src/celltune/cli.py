@@ -208,21 +208,33 @@ def evaluate(
     instances: Annotated[str | None, Opt(
         help="Instance method for F1: watershed or components (default: the run's tuned step).")
     ] = None,
+    retune: Annotated[bool, Opt(
+        help="First choose the threshold and the instance step again on the run's own "
+             "validation split (rewrites threshold.json and postprocess.json).")] = False,
 ) -> None:
     """Score a trained run on a split: Dice, IoU (per image and pooled, 95% CI), instance F1.
 
     Writes RUN/eval/SPLIT/per_image.csv and summary.json.
 
-    Example:
+    Examples:
 
       celltune evaluate runs/unet --data data/neurips --split test
+
+      celltune evaluate runs/unet --retune    # re-choose the threshold and instance step
     """
-    from celltune.evaluation.evaluate import evaluate_run
+    from celltune.evaluation.evaluate import evaluate_run, tune_run
     from celltune.rundir import RunDir
 
     tune_allocator()
     console = Console()
-    s = evaluate_run(run, split=split, data_root=data, instance_method=instances)
+    predictor = None
+    if retune:
+        threshold, step, predictor = tune_run(run)
+        console.print(f"validation: threshold {threshold.best_threshold:.2f} (Dice "
+                      f"{threshold.best_dice:.3f}), instance step {step.best} (F1@0.5 "
+                      f"{step.best_f1:.3f})")
+    s = evaluate_run(run, split=split, data_root=data, instance_method=instances,
+                     predictor=predictor)
     lo, hi = s["dice_ci95"]
     console.print(
         f"{split}: {s['n_images']} images, threshold {s['threshold']:.2f}: Dice {s['dice']:.3f} "

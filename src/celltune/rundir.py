@@ -200,17 +200,18 @@ class RunDir:
         """The chosen threshold, or 0.5 before one was chosen."""
         if not self.threshold_path.is_file():
             return 0.5
-        data = _read_json(self.threshold_path, "rerun the threshold sweep")
+        data = _read_json(self.threshold_path, self._retune_hint())
         try:
             return float(data["best_threshold"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise RunError(f"{self.threshold_path}: unreadable threshold file ({exc}).") from exc
+            raise RunError(f"{self.threshold_path}: unreadable threshold file ({exc}); "
+                           f"{self._retune_hint()}.") from exc
 
     def read_threshold_curve(self) -> dict[str, Any] | None:
         """The whole threshold sweep (for figures), or None before one was made."""
         if not self.threshold_path.is_file():
             return None
-        return _read_json(self.threshold_path, "rerun this row of the study")
+        return _read_json(self.threshold_path, self._retune_hint())
 
     def write_threshold(self, result: Any) -> Path:
         """Write a :class:`~celltune.evaluation.threshold.ThresholdResult` (its JSON)."""
@@ -224,14 +225,18 @@ class RunDir:
             return {}
         best = curve.get("best")
         if not isinstance(best, dict):
-            raise RunError(f"{self.postprocess_path}: has no 'best' parameters; rerun the run.")
+            raise RunError(f"{self.postprocess_path}: has no 'best' parameters; "
+                           f"{self._retune_hint()}.")
         return best
 
     def read_postprocess_curve(self) -> dict[str, Any] | None:
         """The whole post-processing sweep (for figures), or None before one was made."""
         if not self.postprocess_path.is_file():
             return None
-        return _read_json(self.postprocess_path, "rerun `celltune evaluate` with --retune")
+        return _read_json(self.postprocess_path, self._retune_hint())
+
+    def _retune_hint(self) -> str:
+        return f"choose it again with `celltune evaluate {self.path} --retune`"
 
     def write_postprocess(self, result: Any) -> Path:
         """Write a :class:`~celltune.evaluation.postprocess.PostprocessResult` (its JSON)."""

@@ -1,6 +1,7 @@
 """Choose a run's threshold on validation and evaluate it on a split.
 
-``choose_threshold`` writes ``RUN/threshold.json``; ``evaluate_run`` writes
+``choose_threshold`` writes ``RUN/threshold.json``, ``choose_postprocess`` the instance step
+(``RUN/postprocess.json``), ``tune_run`` both; ``evaluate_run`` writes
 ``RUN/eval/<split>/per_image.csv``, ``summary.json`` and ``masks/<name>.png``.
 A bad image in the split is reported in the summary and skipped; the rest go on.
 """
@@ -222,6 +223,33 @@ def choose_postprocess(
     )
     run.write_postprocess(result)
     return result
+
+
+def tune_run(
+    run: str | os.PathLike | RunDir,
+    *,
+    predictor: Predictor | None = None,
+    config: RunConfig | None = None,
+    progress: bool = True,
+) -> tuple[ThresholdResult, PostprocessResult, Predictor]:
+    """Choose the threshold, then the instance step, on the run's validation split.
+
+    Writes ``threshold.json`` and ``postprocess.json`` (replacing earlier choices: after a
+    celltune update widened a grid, this re-tunes an old run) and returns both results and
+    the predictor set to them. The validation images are predicted once for both sweeps
+    while their probabilities fit :data:`KEEP_BYTES`.
+    """
+    run = _run(run)
+    cfg = config or run.read_config()
+    # Loaded without the saved choices: they are what is chosen again (and may be damaged).
+    predictor = predictor or Predictor.from_run(run, config=cfg, threshold=0.5, instances={})
+    kept = KeptProbabilities()
+    threshold = choose_threshold(run, predictor=predictor, config=cfg, progress=progress,
+                                 keep=kept)
+    predictor = predictor.with_options(threshold=threshold.best_threshold)
+    instances = choose_postprocess(run, predictor=predictor, config=cfg, progress=progress,
+                                   kept=kept)
+    return threshold, instances, predictor.with_options(instances=instances.best)
 
 
 def _median_area(samples: list[Sample]) -> float:

@@ -305,19 +305,23 @@ class Predictor:
         run = run if isinstance(run, RunDir) else RunDir(run)
         cfg = config or run.read_config()
         model, _ = load_model_from_checkpoint(run.checkpoint(checkpoint), config=cfg)
-        threshold = run.read_threshold()
+        given = {k: v for k, v in overrides.items() if v is not None}
         kwargs: dict[str, Any] = {
             "head": cfg.model.head,
             "channels": cfg.data.channels,
-            "threshold": threshold,
             "resize": cfg.data.resize,
             "tile": cfg.eval.tile,
             "overlap": cfg.eval.overlap,
             "batch_size": cfg.eval.batch_size,
-            "instances": run.read_postprocess(),
             "pixel_size": cfg.data.pixel_size,
         }
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        # The saved choices are read only when not given, so a run whose threshold.json or
+        # postprocess.json is damaged can still be loaded to choose them again.
+        if "threshold" not in given:
+            kwargs["threshold"] = run.read_threshold()
+        if "instances" not in given:
+            kwargs["instances"] = run.read_postprocess()
+        kwargs.update(given)
         predictor = cls(model, **kwargs)
         predictor.source = {"run": str(run.path), "checkpoint": checkpoint}
         return predictor

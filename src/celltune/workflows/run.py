@@ -20,13 +20,7 @@ from typing import Any
 
 from celltune.config import RunConfig
 from celltune.data.samples import Splits
-from celltune.evaluation.evaluate import (
-    KeptProbabilities,
-    choose_postprocess,
-    choose_threshold,
-    evaluate_run,
-)
-from celltune.inference.predict import Predictor
+from celltune.evaluation.evaluate import evaluate_run, tune_run
 from celltune.rundir import RunDir
 from celltune.training.distributed import is_worker
 from celltune.training.fit import fit
@@ -75,17 +69,8 @@ def run_pipeline(
     train_seconds = time.monotonic() - started
     if is_worker():
         return RunResult(run.path, {}, math.nan, train_seconds, worker=True)
-    # The checkpoint and config are read once and used by the sweep and the evaluation.
-    # The validation probabilities are predicted once, for both sweeps (while they fit).
-    predictor = Predictor.from_run(run, config=trained.config)
-    kept = KeptProbabilities()
-    threshold = choose_threshold(run, predictor=predictor, config=trained.config,
-                                 progress=progress, keep=kept)
-    predictor = predictor.with_options(threshold=threshold.best_threshold)
-    instances = choose_postprocess(run, predictor=predictor, config=trained.config,
-                                   progress=progress, kept=kept)
-    del kept
-    predictor = predictor.with_options(instances=instances.best)
+    # The checkpoint and config are read once and used by the sweeps and the evaluation.
+    threshold, _, predictor = tune_run(run, config=trained.config, progress=progress)
     summary = {}
     if evaluate_split:
         summary = evaluate_run(run, split=evaluate_split, progress=progress,
