@@ -93,17 +93,36 @@ def test_the_sweep_picks_the_smallest_size_that_removes_fragments():
     assert result.best_f1 == pytest.approx(1.0)
 
 
-def test_ties_keep_the_defaults_and_means_are_over_images():
+def test_ties_keep_the_defaults_and_cells_are_counted_over_images():
     truth = _discs((40, 40), [(20, 20)], 8)
     candidates = [{"method": "watershed", "h": h} for h in (1.0, 2.0)]
     sweep = PostprocessSweep(candidates, _sizes(0, 16), default_params(seeded=False))
     sweep.add(truth, lambda p: truth)
     assert sweep.result(head="binary", parameter="h").best == default_params(seeded=False)
-    # A second image only h = 1 gets right: mean F1 0.5 vs 1.0 -> h = 1 wins.
+    # A second image only h = 1 gets right: h = 2 finds 1 of the 2 cells (F1 2/3 over the
+    # cells, 0.5 as a mean of the images' F1) -> h = 1 wins.
     sweep.add(truth, lambda p: truth if p["h"] == 1.0 else np.zeros_like(truth))
     result = sweep.result(head="binary", parameter="h")
     assert result.best["h"] == 1.0 and result.n_images == 2
-    assert result.f1[1][1] == pytest.approx(0.5)
+    assert result.f1[1][1] == pytest.approx(2 / 3)
+    assert result.f1_mean[1][1] == pytest.approx(0.5)
+
+
+def test_a_one_cell_image_does_not_outvote_a_crowded_one():
+    """Image A: one cell, which only h = 2 finds. Image B: ten cells, which only h = 1
+    separates (h = 2 merges them in threes). The mean of per-image F1 prefers h = 2
+    (1.0 and 0.14 vs 0.0 and 1.0); over the 11 cells h = 1 finds 10 and h = 2 two."""
+    lone = _discs((40, 40), [(20, 20)], 8)
+    crowd = _discs((64, 160), [(16, 16 + 32 * k) for k in range(5)]
+                   + [(48, 16 + 32 * k) for k in range(5)], 8)
+    candidates = [{"method": "watershed", "h": h} for h in (1.0, 2.0)]
+    sweep = PostprocessSweep(candidates, _sizes(0), default_params(seeded=False))
+    sweep.add(lone, lambda p: lone if p["h"] == 2.0 else np.zeros_like(lone))
+    sweep.add(crowd, lambda p: crowd if p["h"] == 1.0 else _merged(crowd))
+    result = sweep.result(head="binary", parameter="h")
+    assert result.f1_mean[1][0] > result.f1_mean[0][0]  # the mean would take h = 2
+    assert result.best["h"] == 1.0
+    assert result.best_f1 == pytest.approx(2 * 10 / (2 * 10 + 1))
 
 
 def test_a_real_watershed_sweep_finds_an_h_that_splits_a_shallow_neck():
@@ -237,7 +256,7 @@ def test_choose_postprocess_rewrites_the_sweep_and_the_figure_draws(tuned_run):
     result = choose_postprocess(run, progress=False)
     assert json.loads(run.postprocess_path.read_text())["best"] == result.best
     figure = postprocess_curve(json.loads(result.to_json()))
-    assert figure.axes[0].get_ylabel().startswith("mean validation F1")
+    assert figure.axes[0].get_ylabel().startswith("validation F1")
 
 
 def test_the_instance_sweep_thresholds_the_kept_validation_probabilities(tuned_run, monkeypatch):

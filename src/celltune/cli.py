@@ -232,7 +232,7 @@ def evaluate(
         threshold, step, predictor = tune_run(run)
         console.print(f"validation: threshold {threshold.best_threshold:.2f} (Dice "
                       f"{threshold.best_dice:.3f}), instance step {step.best} (F1@0.5 "
-                      f"{step.best_f1:.3f})")
+                      f"{step.best_f1:.3f} over its cells)")
     s = evaluate_run(run, split=split, data_root=data, instance_method=instances,
                      predictor=predictor)
     lo, hi = s["dice_ci95"]

@@ -192,7 +192,8 @@ def choose_postprocess(
 
     The predictor's threshold stays the mask threshold (call this after
     :func:`choose_threshold`); the decoding parameter (``h`` or the seed threshold) and the
-    smallest cell kept are chosen by mean F1 at IoU 0.5 (:mod:`celltune.evaluation.postprocess`).
+    smallest cell kept are chosen by F1 at IoU 0.5 over all validation cells
+    (:mod:`celltune.evaluation.postprocess`).
     ``kept``: the probabilities :func:`choose_threshold` kept with this predictor's network
     and options; a mask head's sweep thresholds them instead of predicting again (the
     instance heads' decoding needs every channel, so they predict).

@@ -204,7 +204,8 @@ def conventions(results: Sequence[RowResult]) -> list[tuple[str, str]]:
             "Instance F1 at IoU 0.5 (NeurIPS 2022 CellSeg rules); predicted instances "
             f"come from the mask by {method} (boundary heads: their interiors seed the cells), "
             "with the watershed depth or seed threshold and the smallest cell chosen on the "
-            "validation split by mean F1 (postprocess.json). F1@0.5:0.9 is the mean F1 over "
+            "validation split by F1 over all its cells (postprocess.json). F1@0.5:0.9 is the "
+            "mean F1 over "
             "IoU thresholds 0.5, 0.55, ..., 0.9; count error is |predicted - true| cells summed "
             "over the test images, as a share of the true cells.",
         ),

@@ -105,7 +105,7 @@ def postprocess_curve(sweep: Mapping[str, Any], title: str | None = None) -> Fig
     if name in best:
         ax.plot([best[name]], [sweep["best_f1"]], marker="*", ms=12, color="black",
                 label=f"chosen ({name}={best[name]:g}, {_filter_label(best)})")
-    ax.set(xlabel=name, ylabel="mean validation F1 at IoU 0.5", ylim=(0, 1))
+    ax.set(xlabel=name, ylabel="validation F1 at IoU 0.5 (all cells)", ylim=(0, 1))
     if name == "h":
         ax.set_xscale("log", base=2)
     ax.set_title(title or "Instance step sweep on validation (dashed: connected components)")
