@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from celltune.evaluation.metrics import instance_scores
+from celltune.evaluation.metrics import dice, instance_scores
 from celltune.inference.instances import (
     DEFAULT_H,
     DEFAULT_MIN_FRACTION,
@@ -183,20 +183,22 @@ class PostprocessSweep:
         self, truth: np.ndarray, decode: Callable[[dict[str, Any]], np.ndarray]
     ) -> None:
         """Score one image: ``decode(params)`` gives its cells (every size kept) per candidate."""
-        counts = np.zeros((len(self.candidates), len(self.filters), 3), dtype=np.int64)
+        # Matched, false and missed cells (tp, fp, fn; tn is 0 for instances).
+        counts = np.zeros((len(self.candidates), len(self.filters), 4), dtype=np.int64)
         for i, params in enumerate(self.candidates):
             cells = decode(params)
             for j, size_filter in enumerate(self.filters):
                 s = instance_scores(truth, apply_filter(cells, size_filter), (0.5,))
-                counts[i, j] = s["tp"][0], s["fp"][0], s["fn"][0]
+                counts[i, j, :3] = s["tp"][0], s["fp"][0], s["fn"][0]
         self._counts.append(counts)
 
     def result(self, head: str, parameter: str, **extra: Any) -> PostprocessResult:
         """The sweep's F1 tables and the best parameters (ties: the default, then the first)."""
         if not self._counts:
             raise ValueError("no images were added to the post-processing sweep.")
-        pooled = _f1(np.sum(self._counts, axis=0))
-        per_image = np.mean([_f1(c) for c in self._counts], axis=0)
+        # F1 is the Dice formula on cell counts, with the same empty rule.
+        pooled = np.asarray(dice(np.sum(self._counts, axis=0)))
+        per_image = np.mean([dice(c) for c in self._counts], axis=0)
         best_i, best_j = np.unravel_index(int(np.argmax(pooled)), pooled.shape)
         # Complete parameters: a candidate without ``h`` (components) keeps the default's.
         best = {**self.default, **self.candidates[best_i], **self.filters[best_j]}
@@ -225,14 +227,6 @@ class PostprocessSweep:
 
 
 _FILTER_KEYS = ("min_size", "min_fraction")
-
-
-def _f1(counts: np.ndarray) -> np.ndarray:
-    """F1 from ``[..., (tp, fp, fn)]``; 1.0 where there are no cells on either side (the
-    challenge's empty rule, :data:`~celltune.evaluation.metrics.EMPTY_RULE`)."""
-    tp, fp, fn = (counts[..., k].astype(np.float64) for k in range(3))
-    denominator = 2 * tp + fp + fn
-    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
 
 
 def _filter(params: dict[str, Any]) -> dict[str, Any]:
