@@ -51,7 +51,7 @@ def _splits(run: Path, val: int | None, base: dict[str, Any]) -> Any:
 
 def _dev_scores(folder: Path, dev: Path) -> tuple[float, float, dict[str, float]]:
     """Mean Dice, mean F1@0.5 and F1 per modality of a finished run on a synthetic set."""
-    from celltune.evaluation.metrics import instance_scores
+    from celltune.evaluation.metrics import confusion, dice, instance_scores
     from celltune.inference.predict import Predictor
     from celltune.io import read_image, read_label
 
@@ -60,8 +60,7 @@ def _dev_scores(folder: Path, dev: Path) -> tuple[float, float, dict[str, float]
     for record in json.loads((dev / "synthetic.json").read_text(encoding="utf-8"))["images"]:
         truth = read_label(dev / record["label"])
         cells = predictor.predict_instances(read_image(dev / record["image"]))
-        both = ((cells > 0) & (truth > 0)).sum()
-        dices.append(2 * both / max(1, (cells > 0).sum() + (truth > 0).sum()))
+        dices.append(dice(confusion(cells > 0, truth > 0)))
         f1s.append(instance_scores(truth, cells, [0.5])["f1"][0])
         by_modality.setdefault(record["modality"], []).append(f1s[-1])
     return (float(np.mean(dices)), float(np.mean(f1s)),
