@@ -249,6 +249,22 @@ def test_measurements_of_tiny_cells_and_no_image() -> None:
         measure_cells(labels, np.zeros((3, 3)))
 
 
+def test_sparse_large_ids_give_the_cells_of_small_ones() -> None:
+    """A whole slide's ids run to billions: outlines and measurements keep those ids and are
+    otherwise those of the same cells numbered 1..n (no table sized by the largest id)."""
+    small = cell_zoo()
+    huge = np.where(small > 0, small.astype(np.int64) * 3_000_000_000 + 17, 0)
+    image = np.arange(small.size, dtype=float).reshape(small.shape)
+    rename = {k: k * 3_000_000_000 + 17 for k in range(1, TWO_PIECES + 1)}
+    want = measure_cells(small, image)
+    got = measure_cells(huge, image)
+    assert [r["label"] for r in got] == [rename[r["label"]] for r in want]
+    assert [{**r, "label": 0} for r in got] == [{**r, "label": 0} for r in want]
+    features = cells_to_features(huge, got)
+    assert [f["properties"]["label"] for f in features] == list(rename.values())
+    assert [f["geometry"] for f in features] == [f["geometry"] for f in cells_to_features(small)]
+
+
 # --- predict --geojson --csv --------------------------------------------------------------------
 
 

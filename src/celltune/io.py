@@ -295,6 +295,29 @@ def read_label(path: str | os.PathLike, shape: tuple[int, int] | None = None) ->
     return raw.astype(np.int32)
 
 
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of an instance label image (increasing; 0, the background, left out) and the
+    image renumbered 1..n in that order (0 stays 0, int32).
+
+    For functions that allocate up to the largest id (``scipy.ndimage.find_objects``,
+    scikit-image's ``regionprops``) on sparse ids, such as a whole slide's.
+
+    Example:
+        >>> compact_labels(np.array([[0, 7_000_000_001], [42, 42]]))
+        (array([        42, 7000000001]), array([[0, 2],
+               [1, 1]], dtype=int32))
+    """
+    found, inverse = np.unique(labels, return_inverse=True)
+    background = found.size > 0 and found[0] == 0
+    compact = inverse.reshape(np.shape(labels)) + (0 if background else 1)
+    return (found[1:] if background else found), compact.astype(np.int32, copy=False)
+
+
+def is_sparse(labels: np.ndarray) -> bool:
+    """True when a label image's largest id exceeds its pixel count (see :func:`compact_labels`)."""
+    return labels.size > 0 and int(labels.max()) > labels.size
+
+
 def channels_equal(image: np.ndarray) -> bool:
     """True when every channel of ``(..., C)`` equals the first (gray saved as RGB; C = 1 too)."""
     first = image[..., 0]

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from skimage.measure import regionprops_table
 
+from celltune.io import compact_labels, is_sparse
+
 SHAPE_COLUMNS = (
     "label",
     "area",
@@ -72,7 +74,10 @@ def measurement_columns(channels: int | None) -> tuple[str, ...]:
 
 
 def measure_cells(
-    labels: np.ndarray, image: np.ndarray | None = None
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    offset: tuple[int, int] = (0, 0),
 ) -> list[dict[str, int | float]]:
     """Measure every cell of ``labels`` (0 = background); see the module for the columns.
 
@@ -80,6 +85,8 @@ def measure_cells(
         labels: 2-D integer instance labels.
         image: The image the labels belong to, ``(H, W)`` or ``(H, W, C)``; None leaves out
             the intensity columns.
+        offset: ``(row, column)`` of ``labels``' top-left pixel in a larger image (a region
+            of a slide); the centroids are given in that image's coordinates.
 
     Raises:
         ValueError: the image's height and width differ from the labels'.
@@ -98,10 +105,14 @@ def measure_cells(
     if not labels.any():
         return []
     props = [*_REGIONPROPS, "intensity_mean"] if image is not None else list(_REGIONPROPS)
-    table = regionprops_table(labels, intensity_image=image, properties=props)
+    ids, work = compact_labels(labels) if is_sparse(labels) else (None, labels)
+    table = regionprops_table(work, intensity_image=image, properties=props)
     values = {name: table[key] for name, key in _PROPS.items()}
-    values["centroid_x"] = values["centroid_x"] + 0.5  # pixel centres at +0.5: QuPath's frame
-    values["centroid_y"] = values["centroid_y"] + 0.5
+    if ids is not None:
+        values["label"] = ids[table["label"] - 1]
+    # Pixel centres at +0.5: QuPath's frame.
+    values["centroid_x"] = values["centroid_x"] + (offset[1] + 0.5)
+    values["centroid_y"] = values["centroid_y"] + (offset[0] + 0.5)
     if channels is not None:
         means = np.stack([table[f"intensity_mean-{c}"] for c in range(channels)], axis=1)
         values["mean_intensity"] = means.mean(axis=1)

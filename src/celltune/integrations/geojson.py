@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from celltune.io import write_text
+from celltune.io import compact_labels, is_sparse, write_text
 
 OBJECT_TYPE = "detection"
 #: Namespace of the features' UUIDs (uuid5 of ``"<source>#<label>"``).
@@ -103,12 +103,14 @@ def cells_to_features(
     """
     labels = _checked(labels)
     rows = {int(row["label"]): row for row in measurements or ()}
+    ids, work = compact_labels(labels) if is_sparse(labels) else (None, labels)
     features = []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+    for k, box in enumerate(ndimage.find_objects(work), start=1):
         if box is None:
             continue
-        geometry = cell_geometry(labels[box] == label, offset=(box[1].start, box[0].start))
-        features.append(_feature(label, geometry, rows.get(label), source))
+        label = k if ids is None else int(ids[k - 1])
+        geometry = cell_geometry(work[box] == k, offset=(box[1].start, box[0].start))
+        features.append(cell_feature(label, geometry, rows.get(label), source=source))
     return features
 
 
@@ -156,9 +158,19 @@ def _checked(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64, copy=False) if labels.dtype == bool else labels
 
 
-def _feature(
-    label: int, geometry: dict[str, Any], row: Mapping[str, Any] | None, source: str
+def cell_feature(
+    label: int,
+    geometry: dict[str, Any],
+    row: Mapping[str, Any] | None = None,
+    *,
+    source: str = "",
 ) -> dict[str, Any]:
+    """One cell's Feature (see the module's conventions) from its :func:`cell_geometry` and
+    its measurement row (None: only ``label``).
+
+    Raises:
+        ValueError: a measurement is not a finite number.
+    """
     measurements: dict[str, float | int] = {"label": label}
     for name, value in (row or {}).items():
         if name != "label":
