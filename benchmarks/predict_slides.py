@@ -9,11 +9,14 @@ cost, whose answer is replaced by the drawn cells (``CellLikeOutput`` of
 largest peak (``VmHWM``) any worker process reported after a block (workers > 1 run as
 processes of a ``distributed.LocalCluster``; 1 worker runs in this process, so its number
 includes the driver and the import baseline). Each line reports seconds, Mpixel/s, cells,
-blocks and that peak.
+blocks and that peak. ``--tables`` then times the per-cell GeoJSON and CSV of the last
+prediction (:func:`celltune.inference.slide_cells.write_slide_cells`, what ``--geojson
+--csv`` add), with its peak traced allocation (tracemalloc, which slows it a little).
 
 Example:
     python benchmarks/predict_slides.py --size 8192 --workers 1 2
     python benchmarks/predict_slides.py --size 16384 --workers 1 2   # the issue's size
+    python benchmarks/predict_slides.py --size 8192 --workers 1 --tables
 """
 
 from __future__ import annotations
@@ -24,16 +27,18 @@ import platform
 import resource
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import torch
 from predict_large import CellLikeOutput
 
-from celltune.inference.parallel import dask_client
+from celltune.inference.parallel import dask_client, plan_blocks
 from celltune.inference.predict import Predictor
+from celltune.inference.slide_cells import write_slide_cells
 from celltune.inference.slides import predict_slide
-from celltune.ome import create_ome_zarr
+from celltune.ome import create_ome_zarr, open_slide
 
 
 def write_slide(path: Path, size: int, seed: int, chunk: int = 1024) -> Path:
@@ -62,6 +67,8 @@ def main() -> None:
     parser.add_argument("--margin", type=int, default=128)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tables", action="store_true",
+                        help="also time the GeoJSON and CSV of the last prediction's cells")
     args = parser.parse_args()
     from celltune.models import create_model
 
@@ -84,6 +91,25 @@ def main() -> None:
                   f"{result.cells} cells, {result.blocks} blocks; peak RSS per worker "
                   f"{result.peak_rss_kib / 1024:.0f} MiB; driver peak RSS "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        if args.tables:
+            import zarr
+
+            labels = zarr.open_array(str(result.labels / "0"), mode="r")
+            plan = plan_blocks((args.size, args.size), args.block, 0, 0)
+            tracemalloc.start()
+            start = time.perf_counter()
+            tables = write_slide_cells(labels, plan, open_slide(slide).source,
+                                       geojson=Path(tmp) / "cells.geojson",
+                                       csv_path=Path(tmp) / "cells.csv")
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            sizes = ", ".join(f"{k} {f.stat().st_size / 2**20:.0f} MiB"
+                              for k, f in tables.files.items())
+            print(f"tables: {tables.cells} cells in {seconds:.0f} s "
+                  f"({tables.cells / seconds:.0f} cells/s; {sizes}); peak traced allocation "
+                  f"{peak / 2**20:.0f} MiB (the labels: "
+                  f"{args.size**2 * labels.dtype.itemsize / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -388,7 +388,10 @@ def test_a_local_cluster_leaves_this_process_environment_alone(monkeypatch):
     assert dict(os.environ) == before
 
 
-def test_cli_says_that_slides_get_no_geojson_or_csv(tmp_path):
+def test_cli_writes_a_slides_geojson_and_csv(tmp_path):
+    import csv
+    import json
+
     from typer.testing import CliRunner
 
     from celltune.cli import app
@@ -397,12 +400,19 @@ def test_cli_says_that_slides_get_no_geojson_or_csv(tmp_path):
     run = make_run(tmp_path)
     write_slide(tmp_path / "a.ome.zarr", disc_image((96, 96), [(48, 48)], radius=8))
     args = ["predict", str(run), str(tmp_path / "a.ome.zarr"), "--out", str(tmp_path / "out"),
-            "--no-progress", "--device", "cpu", "--csv"]
+            "--no-progress", "--device", "cpu", "--csv", "--geojson"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "--csv: written for ordinary images only; the 1 slide(s)" in result.output
-    assert (tmp_path / "out" / "a.zarr" / "labels" / "cells").is_dir()
-    assert not list((tmp_path / "out").glob("*_cells.csv"))
+    labels = _labels(tmp_path / "out" / "a.zarr" / "labels" / "cells")
+    cells = len(np.unique(labels)) - 1
+    assert cells > 0 and f"{cells} cells" in result.output
+    assert "a_cells.geojson" in result.output and "a_cells.csv" in result.output
+    with open(tmp_path / "out" / "a_cells.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["label"]) for r in rows) == sorted(int(v) for v in np.unique(labels)[1:])
+    assert sum(int(r["area"]) for r in rows) == int(np.count_nonzero(labels))
+    geo = json.loads((tmp_path / "out" / "a_cells.geojson").read_text(encoding="utf-8"))
+    assert len(geo["features"]) == cells
 
 
 @pytest.mark.slow

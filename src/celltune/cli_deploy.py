@@ -90,7 +90,8 @@ def predict(
     Whole slides (*.zarr OME-Zarr folders, *.ome.tif) are predicted block by block into
     OUT/<stem>.zarr/labels/cells (NGFF labels; --in-place: into the input Zarr), plus
     OUT/<stem>_labels.ome.tif for an OME-TIFF; --threshold, --tta, --tile, --instances and
-    --min-size apply to them too (--instances none: labels/mask); see the README's "Whole
+    --min-size apply to them too (--instances none: labels/mask), and --geojson / --csv write
+    OUT/<stem>_cells.geojson / .csv from the finished labels; see the README's "Whole
     slides".
     """
     from celltune.inference.batch import predict_files
@@ -99,17 +100,13 @@ def predict(
     tune_allocator()
     console = Console()
     slides = [i for i in inputs if is_slide(i)]
-    if slides and (geojson or cells_csv):
-        asked = " and ".join(f for f, on in (("--geojson", geojson), ("--csv", cells_csv)) if on)
-        console.print(f"[yellow]{asked}: written for ordinary images only; the {len(slides)} "
-                      f"slide(s) get NGFF labels (open them in napari or QuPath).[/]",
-                      highlight=False, soft_wrap=True)
     if slides:
         options = dict(workers=workers, scheduler=scheduler, pixel_size=pixel_size, block=block,
                        margin=margin, in_place=in_place, resume=resume, save_prob=save_prob,
                        overwrite=overwrite, device=device, checkpoint=checkpoint, tile=tile,
                        overlap=overlap, batch_size=batch_size, tta=tta, threshold=threshold,
-                       instances=instances, min_size=min_size)
+                       instances=instances, min_size=min_size, geojson=geojson,
+                       cells_csv=cells_csv)
         ok = _predict_slides(run, slides, out, options, console, progress)
         inputs = [i for i in inputs if not is_slide(i)]
         if not inputs:
@@ -139,16 +136,21 @@ def _predict_slides(run: Path, slides: list[str], out: Path, options: dict, cons
                   console=console, disable=not progress) as bar:
         tasks: dict[str, int] = {}
 
-        def on_block(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(f"{name} blocks", total=total)
-            bar.update(tasks[name], completed=done)
+        def reporter(kind: str):
+            def report(name: str, done: int, total: int) -> None:
+                key = f"{name} {kind}"
+                if key not in tasks:
+                    tasks[key] = bar.add_task(key, total=total)
+                bar.update(tasks[key], completed=done)
+            return report
 
-        batch = predict_slides(run, slides, out, on_block=on_block, **options)
+        batch = predict_slides(run, slides, out, on_block=reporter("blocks"),
+                               on_cells=reporter("cell tables"), **options)
     for result in batch.slides:
         what = "mask" if result.cells is None else f"{result.cells} cells"
+        tables = "".join(f", {f.name}" for k, f in result.extra.items() if k != "tiff")
         console.print(f"{result.path.name}: {what} in {result.seconds:.1f} s -> "
-                      f"{result.labels}", highlight=False, soft_wrap=True)
+                      f"{result.labels}{tables}", highlight=False, soft_wrap=True)
     style = "green" if batch.ok else "bold red"
     console.print(f"[{style}]{batch.summary()}[/]", highlight=False, soft_wrap=True)
     return batch.ok

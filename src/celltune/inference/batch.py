@@ -101,6 +101,23 @@ OUTPUT_ENDINGS = {
 }
 
 
+def check_cell_tables(instances: str | None, geojson: bool, cells_csv: bool) -> None:
+    """Refuse per-cell tables (``--geojson``, ``--csv``) when ``--instances none`` labels no
+    cells (ordinary files and slides alike).
+
+    Raises:
+        ConfigError: a table was asked for without instances (names both flags' ways out).
+    """
+    flags = [f for f, on in (("--geojson", geojson), ("--csv", cells_csv)) if on]
+    if flags and instances == "none":
+        named = " and ".join(flags)
+        raise ConfigError(
+            f"{named} {'needs' if len(flags) == 1 else 'need'} cell instances, but "
+            f"--instances none labels no cells; use --instances watershed or components, "
+            f"or drop {named}."
+        )
+
+
 @dataclass
 class ImageResult:
     """What one image produced: output paths and its counts (cells is None without instances)."""
@@ -191,14 +208,7 @@ class OutputOptions:
             )
         if self.min_size is not None and self.min_size < 0:
             raise ConfigError(f"--min-size must be >= 0 pixels, got {self.min_size}.")
-        flags = [f for f, on in (("--geojson", self.geojson), ("--csv", self.cells_csv)) if on]
-        if flags and self.instances == "none":
-            named = " and ".join(flags)
-            raise ConfigError(
-                f"{named} {'needs' if len(flags) == 1 else 'need'} cell instances, but "
-                f"--instances none labels no cells; use --instances watershed or components, "
-                f"or drop {named}."
-            )
+        check_cell_tables(self.instances, self.geojson, self.cells_csv)
 
     @property
     def measures(self) -> bool:

@@ -17,6 +17,11 @@ The run's settings apply as for ordinary files, and ``threshold``, ``tta``, ``ti
 typical cell area) is applied over the whole slide once all its blocks are done, so a slide
 loses the same cells as one image of it predicted in one piece would.
 
+With ``geojson`` / ``cells_csv`` the output folder also receives ``<stem>_cells.geojson``
+(cell outlines and measurements for QuPath) and ``<stem>_cells.csv``, the same files as for an
+ordinary image, written block by block from the finished labels
+(:mod:`celltune.inference.slide_cells`).
+
 Example:
     >>> batch = predict_slides("runs/unet", ["slide.ome.zarr"], "out", workers=2)  # doctest: +SKIP
     >>> batch.slides[0].cells                                                    # doctest: +SKIP
@@ -25,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -36,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from celltune.errors import CelltuneError, ConfigError, DataError, RunError
+from celltune.inference.batch import OUTPUT_ENDINGS, check_cell_tables
 from celltune.inference.files import Failure
 from celltune.inference.instances import relative_min_size
 from celltune.inference.parallel import (
@@ -367,7 +374,10 @@ def predict_slides(
     threshold: float | None = None,
     instances: str | None = None,
     min_size: int | None = None,
+    geojson: bool = False,
+    cells_csv: bool = False,
     on_block: Callable[[str, int, int], None] | None = None,
+    on_cells: Callable[[str, int, int], None] | None = None,
     **options: Any,
 ) -> SlideBatch:
     """Predict every slide in ``inputs``; one failing slide does not stop the others.
@@ -376,6 +386,9 @@ def predict_slides(
     (``"watershed"``, ``"components"``, or ``"none"``: only ``labels/mask``) and ``min_size``
     (pixels of the slide) override the run's settings, as
     :func:`~celltune.inference.batch.predict_files` does for ordinary files; None keeps them.
+    ``geojson`` and ``cells_csv`` write ``out/<stem>_cells.geojson`` and
+    ``out/<stem>_cells.csv`` from the finished labels (also for a slide ``resume`` skips,
+    when they are missing); ``on_cells(name, cores done, cores)`` reports their progress.
     ``options`` go to :func:`predict_slide` (block, margin, context, pixel_size, save_prob).
     A slide whose labels exist is skipped with ``resume`` when they were made with the same
     settings (a failure naming ``--overwrite`` when not), replaced with ``overwrite``, and a
@@ -383,9 +396,11 @@ def predict_slides(
 
     Raises:
         ConfigError: an override is invalid (unknown ``instances``, threshold outside [0, 1],
-            negative ``min_size``, ...).
+            negative ``min_size``, ``geojson`` or ``cells_csv`` with ``instances="none"``).
     """
     _check_instances(instances)
+    check_cell_tables(instances, geojson, cells_csv)
+    kinds = [k for k, on in (("geojson", geojson), ("csv", cells_csv)) if on]
     if min_size is not None and min_size < 0:
         raise ConfigError(f"--min-size must be >= 0 pixels, got {min_size}.")
     predictor = (run_or_predictor if isinstance(run_or_predictor, Predictor)
@@ -406,9 +421,11 @@ def predict_slides(
                     raise DataError(f"{path}: not an OME-Zarr folder (*.zarr) or OME-TIFF "
                                     "(*.ome.tif); use celltune predict without slides for it.")
                 root = _outputs(path, out, in_place)
-                if (root / "labels" / name).exists() and not (resume or overwrite):
-                    raise RunError(f"{root / 'labels' / name}: exists; pass "
-                                   "--overwrite to replace it or --resume to skip it.")
+                tables = {k: out / f"{slide_stem(path)}{OUTPUT_ENDINGS[k]}" for k in kinds}
+                for existing in [root / "labels" / name, *tables.values()]:
+                    if existing.exists() and not (resume or overwrite):
+                        raise RunError(f"{existing}: exists; pass --overwrite to replace it "
+                                       "or --resume to skip it.")
                 out.mkdir(parents=True, exist_ok=True)
                 report = None if on_block is None else (
                     lambda d, t, name=path.name: on_block(name, d, t))
@@ -416,6 +433,8 @@ def predict_slides(
                                        min_size=min_size, mask_only=mask_only, resume=resume,
                                        on_block=report, **options)
                 if result.skipped:
+                    missing = {k: f for k, f in tables.items() if not f.exists()}
+                    _write_tables(predictor, path, result.labels, missing, options, on_cells)
                     batch.skipped.append(path)
                     continue
                 if not is_zarr_path(path):
@@ -423,10 +442,30 @@ def predict_slides(
                     tif = out / f"{slide_stem(path)}{ending}.ome.tif"
                     result.extra["tiff"] = write_labels_tiff(
                         _open_labels(result.labels), tif, result.pixel_size)
+                result.extra.update(
+                    _write_tables(predictor, path, result.labels, tables, options, on_cells))
                 batch.slides.append(result)
             except CelltuneError as exc:
                 batch.failures.append(Failure(str(path), str(exc)))
     return batch
+
+
+def _write_tables(predictor: Predictor, path: Path, labels: Path, tables: dict[str, Path],
+                  options: dict[str, Any],
+                  on_cells: Callable[[str, int, int], None] | None) -> dict[str, Path]:
+    """``<stem>_cells.geojson`` / ``.csv`` of a finished slide (``tables``: kind -> path)."""
+    if not tables:
+        return {}
+    from celltune.inference.slide_cells import write_slide_cells
+
+    slide = open_slide(path)
+    plan = plan_blocks(slide.shape_yx, options.get("block", 1024), 0, 0)
+    source = json.dumps({**predictor.source, "image": str(path.resolve())}, sort_keys=True)
+    report = None if on_cells is None else (lambda d, t: on_cells(path.name, d, t))
+    written = write_slide_cells(_open_labels(labels), plan, slide.source, source=source,
+                                geojson=tables.get("geojson"), csv_path=tables.get("csv"),
+                                on_block=report)
+    return written.files
 
 
 def _open_labels(group: Path) -> Any:
